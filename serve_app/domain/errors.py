@@ -1,0 +1,83 @@
+"""One exception hierarchy for the whole service; each API dialect maps it to HTTP once."""
+
+from __future__ import annotations
+
+
+class ServeAppError(Exception):
+    """Something went wrong in serve-app."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class InvalidRequest(ServeAppError):
+    """The request is invalid."""
+
+    def __init__(self, message: str | None = None, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class NotFound(ServeAppError):
+    """The requested object does not exist."""
+
+
+class JobNotFound(NotFound):
+    """No such job."""
+
+
+class ImageNotFound(NotFound):
+    """No such image."""
+
+
+class ModelNotFound(NotFound):
+    """No such model."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"Unknown diffusion model {name}")
+        self.name = name
+
+
+class QueueFull(ServeAppError):
+    """Too many requests."""
+
+    def __init__(self, message: str | None = None, *, retry_after: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Conflict(ServeAppError):
+    """The object is in a state that does not allow this operation."""
+
+
+class ServiceUnavailable(ServeAppError):
+    """The service is not ready."""
+
+
+class JobCanceled(ServeAppError):
+    """The job was canceled."""
+
+
+class ExecutorLost(ServeAppError):
+    """The replica running the job was lost; the job will be retried."""
+
+
+class GenerationFailed(ServeAppError):
+    """The generation failed."""
+
+    def __init__(self, message: str, *, error_type: str = "GenerationError", traceback: str | None = None) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.traceback = traceback
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only fields must survive pickling across Ray processes.
+        return (_rebuild_generation_failed, (self.message, self.error_type, self.traceback))
+
+
+def _rebuild_generation_failed(message: str, error_type: str, traceback: str | None) -> GenerationFailed:
+    return GenerationFailed(message, error_type=error_type, traceback=traceback)

@@ -1,0 +1,95 @@
+"""A text-to-image request in dialect-neutral terms, and the limits it must respect."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from serve_app.domain.errors import InvalidRequest
+
+# Canonical scheduler names (Enfugue's keys, 0.2.2 plus the 0.2.3+/0.3 variants). Each API
+# dialect maps its own names onto these; inference maps these onto diffusers classes.
+SCHEDULER_NAMES: frozenset[str] = frozenset(
+    {
+        "ddim", "ddpm", "deis", "dpmsm", "dpmsms", "dpmsmk", "dpmsmka", "dpmss", "dpmssk",
+        "heun", "dpmd", "dpmdk", "adpmd", "adpmdk", "dpmsde", "unipc", "lmsd", "lmsdk",
+        "pndm", "eds", "edsk", "eads", "lcm",
+    }
+)  # fmt: skip
+
+MAX_SEED = 2**63 - 1
+
+
+def random_seed() -> int:
+    """A fresh seed, chosen at submit time so that a retried attempt reproduces the same pixels."""
+    return secrets.randbelow(2**32)
+
+
+class GenerationRequest(BaseModel):
+    """Text to image: what the Diffusion replica needs, stored as the job's request JSON."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: str = "txt2img"
+    model: str
+    prompt: str = ""
+    negative_prompt: str = ""
+    prompt_2: str | None = None
+    negative_prompt_2: str | None = None
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float = 7.5
+    seed: int = Field(default_factory=random_seed)
+    num_images: int = 1
+    scheduler: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class Limits(BaseModel):
+    """Operator limits checked before anything is stored."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_width: int = 2048
+    max_height: int = 2048
+    max_pixels: int = 2048 * 2048
+    max_steps: int = 150
+    max_images_per_job: int = 16
+    max_waiting_jobs: int = 256
+
+    def check(self, request: GenerationRequest) -> None:
+        """Raise InvalidRequest naming the first field that breaks a limit."""
+        for field, value, limit in (
+            ("width", request.width, self.max_width),
+            ("height", request.height, self.max_height),
+        ):
+            if value < 8 or value % 8:
+                raise InvalidRequest(f"`{field}` must be a positive multiple of 8, got {value}", field=field)
+            if value > limit:
+                raise InvalidRequest(f"`{field}` must be at most {limit}, got {value}", field=field)
+        if request.width * request.height > self.max_pixels:
+            raise InvalidRequest(
+                f"`width` × `height` must be at most {self.max_pixels} pixels, "
+                f"got {request.width * request.height}",
+                field="width",
+            )
+        if not 1 <= request.steps <= self.max_steps:
+            raise InvalidRequest(f"`steps` must be between 1 and {self.max_steps}, got {request.steps}", field="steps")
+        if not 1 <= request.num_images <= self.max_images_per_job:
+            raise InvalidRequest(
+                f"the number of images must be between 1 and {self.max_images_per_job}, got {request.num_images}",
+                field="samples",
+            )
+        if not 0 <= request.seed <= MAX_SEED:
+            raise InvalidRequest(f"`seed` must be between 0 and {MAX_SEED}, got {request.seed}", field="seed")
+        if not 0.0 <= request.guidance_scale <= 100.0:
+            raise InvalidRequest(
+                f"`guidance_scale` must be between 0 and 100, got {request.guidance_scale}", field="guidance_scale"
+            )
+        if request.scheduler is not None and request.scheduler not in SCHEDULER_NAMES:
+            raise InvalidRequest(f"Unknown scheduler {request.scheduler}", field="scheduler")

@@ -1,0 +1,90 @@
+"""The job envelope: one status machine shared by both API dialects."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class JobStatus(enum.StrEnum):
+    """A job's status; names follow InvokeAI's queue item statuses."""
+
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED})
+
+
+class JobError(BaseModel):
+    """Why a job failed."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+
+
+class NewJob(BaseModel):
+    """What a submitter asks the queue to store."""
+
+    model_config = ConfigDict(frozen=True)
+
+    request: dict[str, Any]
+    owner: str = "admin"
+    queue_id: str = "default"
+    batch_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    origin: str | None = None
+    destination: str | None = None
+    priority: int = 0
+    max_attempts: int = 3
+
+
+class Job(BaseModel):
+    """A job as stored in Postgres."""
+
+    id: uuid.UUID
+    item_id: int
+    queue_id: str
+    batch_id: str
+    origin: str | None
+    destination: str | None
+    priority: int
+    status: JobStatus
+    request: dict[str, Any]
+    owner: str
+    attempts: int
+    max_attempts: int
+    lease_expires_at: datetime | None
+    progress_step: int | None
+    progress_total: int | None
+    error: JobError | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    image_names: list[str] = Field(default_factory=list)
+
+
+class ClaimedJob(BaseModel):
+    """A job handed to an executor: the attempt number fences stale reports."""
+
+    id: uuid.UUID
+    attempt: int
+    request: dict[str, Any]
+
+
+class Progress(BaseModel):
+    """One throttled progress report from a running job."""
+
+    step: int
+    total: int
