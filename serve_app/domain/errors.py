@@ -13,6 +13,17 @@ class ServeAppError(Exception):
     def message(self) -> str:
         return str(self)
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Errors cross process boundaries (Ray handles); keep subclass fields, not just args.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[ServeAppError], args: tuple[object, ...], state: dict[str, object]) -> ServeAppError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class InvalidRequest(ServeAppError):
     """The request is invalid."""
@@ -73,11 +84,3 @@ class GenerationFailed(ServeAppError):
         super().__init__(message)
         self.error_type = error_type
         self.traceback = traceback
-
-    def __reduce__(self) -> tuple[object, ...]:
-        # Keyword-only fields must survive pickling across Ray processes.
-        return (_rebuild_generation_failed, (self.message, self.error_type, self.traceback))
-
-
-def _rebuild_generation_failed(message: str, error_type: str, traceback: str | None) -> GenerationFailed:
-    return GenerationFailed(message, error_type=error_type, traceback=traceback)

@@ -33,14 +33,16 @@ class GenerationRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: str = "txt2img"
-    model: str
+    # None asks for the deployment's default model; the queue stores the resolved name.
+    model: str | None = None
     prompt: str = ""
     negative_prompt: str = ""
     prompt_2: str | None = None
     negative_prompt_2: str | None = None
-    width: int
-    height: int
-    steps: int
+    # None means the model's native size (512 for SD 1.x/2.x, 1024 for SDXL), resolved at submit.
+    width: int | None = None
+    height: int | None = None
+    steps: int = 40
     guidance_scale: float = 7.5
     seed: int = Field(default_factory=random_seed)
     num_images: int = 1
@@ -63,7 +65,9 @@ class Limits(BaseModel):
     max_waiting_jobs: int = 256
 
     def check(self, request: GenerationRequest) -> None:
-        """Raise InvalidRequest naming the first field that breaks a limit."""
+        """Raise InvalidRequest naming the first field that breaks a limit (sizes must be resolved)."""
+        if request.width is None or request.height is None:
+            raise InvalidRequest("`width` and `height` must be resolved before checking limits", field="width")
         for field, value, limit in (
             ("width", request.width, self.max_width),
             ("height", request.height, self.max_height),
@@ -74,8 +78,7 @@ class Limits(BaseModel):
                 raise InvalidRequest(f"`{field}` must be at most {limit}, got {value}", field=field)
         if request.width * request.height > self.max_pixels:
             raise InvalidRequest(
-                f"`width` × `height` must be at most {self.max_pixels} pixels, "
-                f"got {request.width * request.height}",
+                f"`width` × `height` must be at most {self.max_pixels} pixels, got {request.width * request.height}",
                 field="width",
             )
         if not 1 <= request.steps <= self.max_steps:

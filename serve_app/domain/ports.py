@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Protocol
 
 from pydantic import BaseModel
@@ -44,7 +44,7 @@ class JobRepository(Protocol):
         """The job with its image names; raise JobNotFound."""
         ...
 
-    async def list(self, *, owner: str | None = None, limit: int = 100, offset: int = 0) -> list[Job]:
+    async def list_jobs(self, *, owner: str | None = None, limit: int = 100, offset: int = 0) -> list[Job]:
         """Jobs, newest first, optionally of one owner."""
         ...
 
@@ -136,7 +136,7 @@ class ModelCatalog(Protocol):
 class JobExecutor(Protocol):
     """Runs one claimed job somewhere (a Diffusion replica) and streams its progress."""
 
-    def execute(self, job: ClaimedJob) -> AsyncIterator[ExecutionEvent]:
+    def execute(self, job: ClaimedJob) -> AsyncGenerator[ExecutionEvent, None]:
         """Yield Progress events, then one ExecutionResult. Raise GenerationFailed for a job error,
         ExecutorLost when the runner went away. Cancelling the consumer stops the job within a step."""
         ...

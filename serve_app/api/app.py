@@ -1,0 +1,36 @@
+"""create_app: the FastAPI application both dialects share."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from serve_app.api.body_limit import BodyLimitMiddleware
+from serve_app.api.deps import ApiContext
+from serve_app.api.enfugue.routes import router as enfugue_router
+from serve_app.api.errors import install_error_handlers
+from serve_app.api.invokeai.routes import router as invokeai_router
+
+
+def create_app(context: ApiContext, *, max_body_bytes: int = 32 * 1024 * 1024) -> FastAPI:
+    """Build the app around ready collaborators; no globals, so tests build as many as they like."""
+    app = FastAPI(
+        title="serve-app",
+        version=context.version,
+        description="Image generation speaking the InvokeAI and Enfugue APIs.",
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+    )
+    app.state.context = context
+    install_error_handlers(app)
+    # Both peers answer any origin (Enfugue sets `*`); browsers then send the API key header.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"],
+        allow_methods=["GET", "PUT", "POST", "DELETE", "PATCH", "OPTIONS", "HEAD"],
+        allow_headers=["Authorization", "Content-Type", "X-API-Key"],
+    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.include_router(invokeai_router)
+    app.include_router(enfugue_router)
+    return app

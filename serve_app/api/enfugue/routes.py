@@ -1,0 +1,134 @@
+"""Enfugue routes: `/api`, `/api/invoke`, `/api/invocation...` in Enfugue's envelopes."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+
+from serve_app.api.deps import ContextDep, JobsDep, OwnerDep, StoreDep
+from serve_app.api.enfugue.schemas import UNSUPPORTED_KEYS, InvokeBody, invocation_status
+from serve_app.api.errors import ENFUGUE_MEDIA_TYPE, HttpError
+from serve_app.domain.errors import InvalidRequest, JobNotFound, ModelNotFound
+from serve_app.domain.images import image_key, thumbnail_key
+from serve_app.domain.jobs import JobStatus
+
+router = APIRouter(prefix="/api", tags=["enfugue"])
+
+# Result files are named `<32-hex job uuid>_<index>.png`; anything else is not ours to serve.
+_IMAGE_FILE = re.compile(r"^[0-9a-f]{32}_[0-9]{1,4}\.png$")
+_IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+def envelope(request: Request, data: Any) -> JSONResponse:
+    """Enfugue's success envelope: query params as lists under meta.params (enfugue-api.md §1.2)."""
+    params: dict[str, list[str]] = {}
+    for key, value in request.query_params.multi_items():
+        params.setdefault(key, []).append(value)
+    return JSONResponse({"meta": {"params": params}, "data": data}, media_type=ENFUGUE_MEDIA_TYPE)
+
+
+def _parse_uuid(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise JobNotFound(f"No invocation {value}") from None
+
+
+@router.get("", summary="Server status")
+@router.get("/", include_in_schema=False)
+async def status(request: Request, context: ContextDep, jobs: JobsDep) -> JSONResponse:
+    counts = await jobs.counts()
+    active = counts.get(JobStatus.IN_PROGRESS, 0)
+    queued = counts.get(JobStatus.PENDING, 0)
+    data = {
+        "status": "busy" if active else "ready",
+        "system": {
+            "downloads": {"active": 0, "queued": 0, "total": 0},
+            "invocations": {"active": bool(active), "queued": queued, "total": active + queued},
+        },
+        "gpu": None,
+        "version": context.version,
+        "uptime": (datetime.now(UTC) - context.started_at).total_seconds(),
+    }
+    return envelope(request, data)
+
+
+@router.post("/invoke", summary="Submit a generation")
+async def invoke(request: Request, jobs: JobsDep, owner: OwnerDep) -> JSONResponse:
+    body = await _json_object(request)
+    unsupported = [key for key in UNSUPPORTED_KEYS if body.get(key) not in (None, [], "", False)]
+    if unsupported:
+        raise HttpError(501, f"Not supported by this server yet: {', '.join(unsupported)}")
+    try:
+        params = InvokeBody.model_validate(body)
+        generation = params.to_domain()
+    except ValidationError as exc:
+        raise InvalidRequest(_describe(exc)) from None
+    try:
+        job = await jobs.submit_generation(generation, owner=owner)
+    except ModelNotFound as exc:
+        if params.resolved_model_type() == "checkpoint":
+            raise InvalidRequest(f"Cannot find or access {exc.name}", field="model") from None
+        raise
+    return envelope(request, invocation_status(job))
+
+
+@router.get("/invocation", summary="This user's invocations")
+async def list_invocations(request: Request, jobs: JobsDep, owner: OwnerDep) -> JSONResponse:
+    items = await jobs.list_jobs(owner=owner, limit=100)
+    return envelope(request, [invocation_status(job) for job in items])
+
+
+@router.get("/invocation/images/{file}", summary="A result PNG", response_class=Response)
+async def image_file(file: str, store: StoreDep) -> Response:
+    if not _IMAGE_FILE.match(file):
+        raise HttpError(404, f"No image {file}")
+    return Response(await store.get(image_key(file)), media_type="image/png", headers={"Cache-Control": _IMMUTABLE})
+
+
+@router.get("/invocation/thumbnails/{file}", summary="A result thumbnail (WebP)", response_class=Response)
+async def thumbnail_file(file: str, store: StoreDep) -> Response:
+    if not _IMAGE_FILE.match(file):
+        raise HttpError(404, f"No image {file}")
+    data = await store.get(thumbnail_key(file))
+    return Response(data, media_type="image/webp", headers={"Cache-Control": _IMMUTABLE})
+
+
+@router.get("/invocation/{uid}", summary="One invocation's status")
+async def get_invocation(request: Request, uid: str, jobs: JobsDep) -> JSONResponse:
+    return envelope(request, invocation_status(await jobs.get(_parse_uuid(uid))))
+
+
+@router.delete("/invocation/{uid}", summary="Delete an invocation and its images (cancels it first)")
+async def delete_invocation(request: Request, uid: str, jobs: JobsDep) -> JSONResponse:
+    await jobs.delete(_parse_uuid(uid))
+    return envelope(request, None)
+
+
+@router.post("/invocation/{uid}/cancel", summary="Cancel one invocation (serve-app extension)")
+async def cancel_invocation(request: Request, uid: str, jobs: JobsDep) -> JSONResponse:
+    return envelope(request, invocation_status(await jobs.cancel(_parse_uuid(uid))))
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("Request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("Request body must be a JSON object.")
+    return body
+
+
+def _describe(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors())

@@ -1,0 +1,1 @@
+"""Inference: torch and diffusers only. Model building, loading, schedulers and the generation runner."""

@@ -1,0 +1,146 @@
+"""InProcessExecutor: runs a claimed job on this process's GenerationRunner and streams its events.
+
+The Diffusion replica wraps this; tests and single-process setups use it directly as the
+`JobExecutor`. The pipeline runs on one dedicated worker thread because diffusers pipelines
+are not thread-safe, and so the event loop stays free to stream progress and hear cancels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import traceback
+from collections.abc import AsyncGenerator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from PIL import Image
+
+from serve_app.domain.errors import GenerationFailed
+from serve_app.domain.generation import GenerationRequest
+from serve_app.domain.images import StoredImage, image_key, image_name, thumbnail_key
+from serve_app.domain.jobs import ClaimedJob, Progress
+from serve_app.domain.ports import ExecutionEvent, ExecutionResult, ModelCatalog, ObjectStore
+from serve_app.inference.encoding import encode_png, encode_thumbnail
+from serve_app.inference.runner import GenerationRunner
+
+_DONE = object()
+
+
+class InProcessExecutor:
+    """Implements the JobExecutor port on top of a GenerationRunner in this process."""
+
+    def __init__(
+        self,
+        *,
+        runner: GenerationRunner,
+        catalog: ModelCatalog,
+        store: ObjectStore,
+        progress_interval: float = 0.1,
+    ) -> None:
+        self._runner = runner
+        self._catalog = catalog
+        self._store = store
+        self._progress_interval = progress_interval
+        # One thread: pipeline calls are serialized, never concurrent.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffusion")
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+    async def execute(self, job: ClaimedJob) -> AsyncGenerator[ExecutionEvent, None]:
+        """Yield throttled Progress, then an ExecutionResult once every image is stored."""
+        request = _parse_request(job)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[object] = asyncio.Queue()
+        stop = threading.Event()
+        throttle = _Throttle(self._progress_interval)
+
+        def on_step(step: int, total: int) -> None:
+            if throttle.due(final=step == total):
+                loop.call_soon_threadsafe(events.put_nowait, Progress(step=step, total=total))
+
+        def work() -> list[Image.Image]:
+            try:
+                spec = self._catalog.resolve(request.model)
+                return self._runner.run(spec, request, on_step=on_step, should_stop=stop.is_set).images
+            finally:
+                loop.call_soon_threadsafe(events.put_nowait, _DONE)
+
+        future = loop.run_in_executor(self._thread, work)
+        # After a cancel nobody awaits the future; retrieve its JobCanceled so asyncio stays quiet.
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())
+        try:
+            while (event := await events.get()) is not _DONE:
+                assert isinstance(event, Progress)
+                yield event
+            images = await future
+        except (asyncio.CancelledError, GeneratorExit):
+            # The consumer went away (cancel, or its replica stopped): stop at the next step.
+            stop.set()
+            raise
+        except Exception as exc:
+            raise _as_failure(exc) from exc
+        yield ExecutionResult(images=await self._store_images(job, request, images))
+
+    async def _store_images(
+        self, job: ClaimedJob, request: GenerationRequest, images: list[Image.Image]
+    ) -> list[StoredImage]:
+        stored = []
+        for index, image in enumerate(images):
+            name = image_name(job.id, index)
+            metadata: dict[str, Any] = {**request.to_json(), "seed": request.seed + index, "job_id": job.id.hex}
+            png, thumb = await asyncio.to_thread(_encode, image, metadata)
+            key, thumb_key = image_key(name), thumbnail_key(name)
+            await self._store.put(key, png, "image/png")
+            await self._store.put(thumb_key, thumb, "image/webp")
+            stored.append(
+                StoredImage(
+                    name=name,
+                    width=image.width,
+                    height=image.height,
+                    position=index,
+                    storage_key=key,
+                    thumbnail_key=thumb_key,
+                    metadata=metadata,
+                )
+            )
+        return stored
+
+
+class _Throttle:
+    """At most one progress report per interval, plus always the final step."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._last = float("-inf")
+
+    def due(self, *, final: bool) -> bool:
+        now = time.monotonic()
+        if final or now - self._last >= self._interval:
+            self._last = now
+            return True
+        return False
+
+
+def _parse_request(job: ClaimedJob) -> GenerationRequest:
+    try:
+        return GenerationRequest.model_validate(job.request)
+    except ValueError as exc:
+        raise GenerationFailed(f"Unreadable job request: {exc}", error_type="InvalidRequest") from exc
+
+
+def _encode(image: Image.Image, metadata: dict[str, Any]) -> tuple[bytes, bytes]:
+    png = encode_png(image, {"serve_app_metadata": json.dumps(metadata)})
+    return png, encode_thumbnail(image)
+
+
+def _as_failure(exc: Exception) -> GenerationFailed:
+    if isinstance(exc, GenerationFailed):
+        return exc
+    error_type = type(exc).__name__
+    return GenerationFailed(
+        str(exc) or error_type, error_type=error_type, traceback="".join(traceback.format_exception(exc))
+    )

@@ -1,0 +1,122 @@
+"""Runs one text-to-image request on a cached pipeline: seeded, cancellable, reporting every step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from serve_app.domain.errors import GenerationFailed, InvalidRequest, JobCanceled
+from serve_app.domain.generation import MAX_SEED, SCHEDULER_NAMES, GenerationRequest
+from serve_app.domain.models import ModelSpec
+from serve_app.inference.families import family_of
+from serve_app.inference.loading import PipelineCache
+from serve_app.inference.schedulers import make_scheduler
+
+StepCallback = Callable[[int, int], None]
+StopCheck = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class GenerationOutput:
+    """The images of one request, in order, and the seed each was generated from."""
+
+    images: list[Image.Image]
+    seeds: list[int]
+
+
+def check_inputs(request: GenerationRequest) -> None:
+    """Raise InvalidRequest naming the first field a pipeline could not run with (sizes resolved or not)."""
+    if request.kind != "txt2img":
+        raise InvalidRequest(f"`kind` must be txt2img, got {request.kind}", field="kind")
+    for name, value in (("width", request.width), ("height", request.height)):
+        # The VAE downsamples by 8: any other size would be silently cropped. None means native size.
+        if value is not None and (value < 8 or value % 8):
+            raise InvalidRequest(f"`{name}` must be a positive multiple of 8, got {value}", field=name)
+    if request.steps < 1:
+        raise InvalidRequest(f"`steps` must be at least 1, got {request.steps}", field="steps")
+    if request.num_images < 1:
+        raise InvalidRequest(f"`num_images` must be at least 1, got {request.num_images}", field="num_images")
+    if not 0 <= request.seed <= MAX_SEED:
+        raise InvalidRequest(f"`seed` must be between 0 and {MAX_SEED}, got {request.seed}", field="seed")
+    if request.guidance_scale < 0:
+        raise InvalidRequest(
+            f"`guidance_scale` must not be negative, got {request.guidance_scale}", field="guidance_scale"
+        )
+    if request.scheduler is not None and request.scheduler not in SCHEDULER_NAMES:
+        raise InvalidRequest(f"Unknown scheduler {request.scheduler}", field="scheduler")
+
+
+class GenerationRunner:
+    """Turns requests into images. Not thread-safe: callers serialize `run` (the replica uses one worker thread),
+    because pipelines share modules and diffusers mutates some of them during a call (e.g. the VAE upcast)."""
+
+    def __init__(
+        self, cache: PipelineCache, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> None:
+        self._cache = cache
+        self._device = torch.device(device)
+        self._dtype = dtype
+
+    def run(
+        self,
+        spec: ModelSpec,
+        request: GenerationRequest,
+        *,
+        on_step: StepCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> GenerationOutput:
+        """Generate `request.num_images` images; image i comes from seed `request.seed + i` whatever the batch.
+
+        `on_step(done, total)` follows every denoising step; `total` counts UNet passes of the chosen scheduler,
+        so it exceeds `request.steps` for second-order ones (Heun, DPM2, PNDM). `should_stop()` is polled after
+        every step and JobCanceled is raised as soon as it answers True."""
+        check_inputs(request)
+        if should_stop is not None and should_stop():
+            raise JobCanceled()
+        width, height = request.width or spec.native_size, request.height or spec.native_size
+        family = family_of(spec.family)
+        cached = self._cache.get(spec, device=self._device, dtype=self._dtype)
+        scheduler = make_scheduler(request.scheduler, cached.scheduler.config, type(cached.scheduler))
+        pipe = family.with_scheduler(cached, scheduler)
+        seeds = [request.seed + i for i in range(request.num_images)]
+        # One CPU generator per image: the same pixels on any device and whether run alone or batched.
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        try:
+            result = pipe(
+                **family.prompts(request),
+                width=width,
+                height=height,
+                num_inference_steps=request.steps,
+                guidance_scale=request.guidance_scale,
+                num_images_per_prompt=request.num_images,
+                generator=generators,
+                callback_on_step_end=_StepHook(on_step, should_stop),
+                output_type="pil",
+            )
+        except torch.cuda.OutOfMemoryError as exc:
+            torch.cuda.empty_cache()
+            raise GenerationFailed(
+                f"Out of GPU memory at {width}x{height} with {request.num_images} images",
+                error_type="OutOfMemory",
+            ) from exc
+        return GenerationOutput(images=list(result.images), seeds=seeds)
+
+
+class _StepHook:
+    """diffusers' callback_on_step_end: report progress, then stop if asked to."""
+
+    def __init__(self, on_step: StepCallback | None, should_stop: StopCheck | None) -> None:
+        self._on_step = on_step
+        self._should_stop = should_stop
+
+    def __call__(self, pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        if self._on_step is not None:
+            self._on_step(step + 1, pipe.num_timesteps)
+        if self._should_stop is not None and self._should_stop():
+            # Raising unwinds the denoising loop at once; the pipeline has no other way to abort mid-run.
+            raise JobCanceled()
+        return tensors

@@ -1,0 +1,248 @@
+"""Tiny random-weight SD 1.5 and SDXL pipelines with real geometry, built offline, and ways to save them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from diffusers.configuration_utils import ConfigMixin
+from safetensors.torch import save_file
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, PreTrainedModel
+
+from serve_app.inference.ldm import clip_to_ldm, open_clip_to_ldm, unet_to_ldm, vae_to_ldm, with_prefix
+
+DEMO_MODELS = ("demo-sd15", "demo-sdxl")
+
+# SD 1.5's training noise schedule (and SDXL's): every scheduler derived from it inherits these.
+_SD_NOISE = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "prediction_type": "epsilon",
+    "steps_offset": 1,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+}
+_SDXL_SCHEDULER = {
+    **_SD_NOISE,
+    "interpolation_type": "linear",
+    "timestep_spacing": "leading",
+    "sample_max_value": 1.0,
+}
+_BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
+# A few English merges so that common words become single tokens, as with a real CLIP vocabulary.
+_MERGES = [
+    ("t", "h"), ("th", "e</w>"), ("a", "n"), ("an", "d</w>"), ("i", "n"), ("e", "r"), ("o", "n"), ("r", "e"),
+    ("a", "t"), ("e", "n"), ("o", "f</w>"),
+]  # fmt: skip
+_MAX_TOKENS = 77
+# Torch's default generator is process-global: two threads building at once would interleave draws.
+_BUILD_LOCK = threading.Lock()
+
+
+def build_tiny_sd15(seed: int = 0) -> Any:
+    """An SD 1.5-shaped pipeline (one CLIP text encoder, DDIM) of about a million random weights."""
+    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tokenizer = _tokenizer()
+        text_encoder = CLIPTextModel(_clip_config(tokenizer, hidden=32, act="quick_gelu"))
+        unet = UNet2DConditionModel(  # type: ignore[no-untyped-call]
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=2,
+            block_out_channels=(32, 64),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=4,
+        )
+        vae = _vae(scaling_factor=0.18215)
+        scheduler = DDIMScheduler.from_config(_SD_NOISE)  # type: ignore[no-untyped-call]
+        pipe: Any = StableDiffusionPipeline(  # type: ignore[no-untyped-call]
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_tiny_sdxl(seed: int = 0) -> Any:
+    """An SDXL-shaped pipeline (CLIP + OpenCLIP-style encoders, text_time conditioning, Euler)."""
+    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tokenizer = _tokenizer()
+        tokenizer_2 = _tokenizer()
+        # The two encoders must differ in width, as in SDXL (768 and 1280): single-file loading tells
+        # them apart by the size of their position embeddings.
+        text_encoder = CLIPTextModel(_clip_config(tokenizer, hidden=32, act="quick_gelu"))
+        text_encoder_2 = CLIPTextModelWithProjection(_clip_config(tokenizer_2, hidden=64, act="gelu", projection=32))
+        time_dim = 8
+        unet = UNet2DConditionModel(  # type: ignore[no-untyped-call]
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=2,
+            block_out_channels=(32, 64),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2),
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            cross_attention_dim=32 + 64,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=time_dim,
+            # Six size/crop numbers, each embedded, plus the pooled text embedding of encoder 2.
+            projection_class_embeddings_input_dim=6 * time_dim + 32,
+        )
+        vae = _vae(scaling_factor=0.13025)
+        scheduler = EulerDiscreteScheduler.from_config(_SDXL_SCHEDULER)  # type: ignore[no-untyped-call]
+        pipe: Any = StableDiffusionXLPipeline(  # type: ignore[no-untyped-call]
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2,
+            unet=unet,
+            scheduler=scheduler,
+            add_watermarker=False,
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_diffusers(pipe: Any, folder: Path) -> Path:
+    """Write `pipe` as a diffusers folder with safetensors weights."""
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def save_single_file(pipe: Any, path: Path) -> Path:
+    """Write one LDM-layout `.safetensors` checkpoint plus its `<stem>.config/` folder; return that folder."""
+    state = with_prefix("model.diffusion_model.", unet_to_ldm(pipe.unet))
+    state.update(with_prefix("first_stage_model.", vae_to_ldm(pipe.vae)))
+    if "text_encoder_2" in pipe.components:
+        state.update(with_prefix("conditioner.embedders.0.transformer.", clip_to_ldm(pipe.text_encoder)))
+        state.update(with_prefix("conditioner.embedders.1.model.", open_clip_to_ldm(pipe.text_encoder_2)))
+    else:
+        state.update(with_prefix("cond_stage_model.transformer.", clip_to_ldm(pipe.text_encoder)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata={"format": "pt"})
+    return save_config_folder(pipe, path.with_name(f"{path.stem}.config"))
+
+
+def save_config_folder(pipe: Any, folder: Path) -> Path:
+    """A weightless diffusers folder: what `from_single_file(config=folder)` reads besides the checkpoint."""
+    pipe.save_config(folder)
+    for name, component in pipe.components.items():
+        target = folder / name
+        if isinstance(component, ConfigMixin):
+            component.save_config(target)
+        elif isinstance(component, PreTrainedModel):
+            component.config.save_pretrained(target)
+        elif component is not None:
+            component.save_pretrained(target)
+    return folder
+
+
+def ensure_demo_models(models_dir: Path) -> list[Path]:
+    """Build `demo-sd15` and `demo-sdxl` as diffusers folders in `models_dir` unless already there."""
+    models_dir.mkdir(parents=True, exist_ok=True)
+    builders = {"demo-sd15": build_tiny_sd15, "demo-sdxl": build_tiny_sdxl}
+    paths = []
+    for name in DEMO_MODELS:
+        target = models_dir / name
+        if not target.exists():
+            _build_atomically(target, builders[name])
+        paths.append(target)
+    return paths
+
+
+def _build_atomically(target: Path, build: Callable[[], Any]) -> None:
+    # A hidden sibling on the same filesystem, renamed into place: readers see nothing or everything.
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        save_diffusers(build(), staging)
+        os.rename(staging, target)
+    except OSError:
+        # Another process won the race (rename onto a non-empty folder fails); its copy is complete.
+        if not target.is_dir():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _tokenizer() -> Any:
+    vocab: dict[str, int] = {}
+    symbols = _byte_symbols()
+    for symbol in symbols:
+        vocab[symbol] = len(vocab)
+    for symbol in symbols:
+        vocab[f"{symbol}</w>"] = len(vocab)
+    for left, right in _MERGES:
+        vocab.setdefault(left + right, len(vocab))
+    vocab[_BOS] = len(vocab)
+    vocab[_EOS] = len(vocab)
+    # transformers annotates `merges` as strings, but the tokenizers BPE model it feeds wants pairs.
+    return CLIPTokenizer(vocab=vocab, merges=list(_MERGES), model_max_length=_MAX_TOKENS)  # type: ignore[arg-type]
+
+
+def _byte_symbols() -> list[str]:
+    # GPT-2/CLIP byte-level BPE: printable bytes stand for themselves, the rest map to code points from 256 up.
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + n) for n in range(len(others))]
+
+
+def _clip_config(tokenizer: Any, *, hidden: int, act: str, projection: int | None = None) -> Any:
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=_MAX_TOKENS,
+        hidden_act=act,
+        projection_dim=projection or hidden,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _vae(*, scaling_factor: float) -> Any:
+    # Four blocks, three downsamples: the real factor-8 latent geometry, at a few thousand channels in all.
+    return AutoencoderKL(  # type: ignore[no-untyped-call]
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 32, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+        scaling_factor=scaling_factor,
+    )

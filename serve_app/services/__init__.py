@@ -1,0 +1,1 @@
+"""Use cases on top of the domain ports: submitting jobs, dispatching them, reading results."""

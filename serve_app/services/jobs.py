@@ -1,0 +1,129 @@
+"""JobService: submit, read, cancel and delete jobs; every transition goes through here."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Protocol
+
+from serve_app.domain.errors import InvalidRequest
+from serve_app.domain.generation import GenerationRequest, Limits
+from serve_app.domain.images import ImageRecord
+from serve_app.domain.jobs import Job, JobStatus, NewJob
+from serve_app.domain.models import ModelSpec
+from serve_app.domain.ports import JobRepository, ModelCatalog, ObjectStore
+
+
+class JobGateway(Protocol):
+    """What the HTTP layer needs from the queue: JobService in-process, a Ray handle client in a cluster."""
+
+    async def submit_generation(
+        self, request: GenerationRequest, *, owner: str, queue_id: str = "default", priority: int = 0
+    ) -> Job:
+        """Validate and durably enqueue one generation job."""
+        ...
+
+    async def get(self, job_id: uuid.UUID) -> Job:
+        """One job; raise JobNotFound."""
+        ...
+
+    async def list_jobs(self, *, owner: str | None = None, limit: int = 100, offset: int = 0) -> list[Job]:
+        """Jobs, newest first."""
+        ...
+
+    async def cancel(self, job_id: uuid.UUID) -> Job:
+        """Cancel a waiting or running job; terminal jobs are returned unchanged."""
+        ...
+
+    async def delete(self, job_id: uuid.UUID) -> None:
+        """Cancel if needed, then delete the job, its image rows and its image objects."""
+        ...
+
+    async def get_image(self, name: str) -> ImageRecord:
+        """One image record; raise ImageNotFound."""
+        ...
+
+    async def counts(self) -> dict[JobStatus, int]:
+        """How many jobs are in each status."""
+        ...
+
+    async def models(self) -> list[ModelSpec]:
+        """The models a request may name."""
+        ...
+
+
+class JobService:
+    """The queue's use cases. Runs inside the Queue deployment (or in-process in tests)."""
+
+    def __init__(
+        self,
+        *,
+        repo: JobRepository,
+        catalog: ModelCatalog,
+        store: ObjectStore,
+        limits: Limits,
+        max_attempts: int = 3,
+    ) -> None:
+        self._repo = repo
+        self._catalog = catalog
+        self._store = store
+        self._limits = limits
+        self._max_attempts = max_attempts
+
+    async def submit_generation(
+        self, request: GenerationRequest, *, owner: str, queue_id: str = "default", priority: int = 0
+    ) -> Job:
+        # Resolve the model first so the stored request names a concrete model: a retry, or a
+        # later change of the default model, must not change what this job generates.
+        spec = self._catalog.resolve(request.model)
+        request = request.model_copy(
+            update={
+                "model": spec.name,
+                "width": spec.native_size if request.width is None else request.width,
+                "height": spec.native_size if request.height is None else request.height,
+            }
+        )
+        self._limits.check(request)
+        jobs = await self._repo.enqueue(
+            [
+                NewJob(
+                    request=request.to_json(),
+                    owner=owner,
+                    queue_id=queue_id,
+                    priority=priority,
+                    max_attempts=self._max_attempts,
+                )
+            ],
+            max_waiting=self._limits.max_waiting_jobs,
+        )
+        return jobs[0]
+
+    async def get(self, job_id: uuid.UUID) -> Job:
+        return await self._repo.get(job_id)
+
+    async def list_jobs(self, *, owner: str | None = None, limit: int = 100, offset: int = 0) -> list[Job]:
+        if limit < 1 or offset < 0:
+            raise InvalidRequest("`limit` must be positive and `offset` not negative", field="limit")
+        return await self._repo.list_jobs(owner=owner, limit=limit, offset=offset)
+
+    async def cancel(self, job_id: uuid.UUID) -> Job:
+        return await self._repo.cancel(job_id)
+
+    async def delete(self, job_id: uuid.UUID) -> None:
+        # Cancel first so a running replica stops and cannot write images for a deleted job.
+        await self._repo.cancel(job_id)
+        images = await self._repo.delete(job_id)
+        await self._store.delete(_object_keys(images))
+
+    async def get_image(self, name: str) -> ImageRecord:
+        return await self._repo.get_image(name)
+
+    async def counts(self) -> dict[JobStatus, int]:
+        return await self._repo.count_by_status()
+
+    async def models(self) -> list[ModelSpec]:
+        return self._catalog.list()
+
+
+def _object_keys(images: Sequence[ImageRecord]) -> list[str]:
+    return [key for image in images for key in (image.storage_key, image.thumbnail_key)]

@@ -1,0 +1,1 @@
+"""Ray Serve composition root: deployments, the application builder, the local launcher. The only Ray code."""

@@ -1,0 +1,67 @@
+"""Diffusion deployment: loads pipelines and runs one job at a time, streaming its events."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from ray import serve
+
+from serve_app.domain.errors import GenerationFailed
+from serve_app.domain.jobs import ClaimedJob, Progress
+from serve_app.serving.args import DiffusionArgs
+from serve_app.serving.wiring import build_catalog, build_store
+
+log = logging.getLogger(__name__)
+
+
+class DiffusionReplica:
+    """A GPU (or CPU) replica. Events cross Ray as plain dicts; job errors are events, not exceptions."""
+
+    def __init__(self, args: DiffusionArgs) -> None:
+        # Heavy imports here, not at module level: Ingress and Queue replicas never load torch.
+        import torch
+
+        from serve_app.inference.executor import InProcessExecutor
+        from serve_app.inference.loading import PipelineCache, pick_device
+        from serve_app.inference.runner import GenerationRunner
+
+        device, dtype = pick_device()
+        if device.type == "cpu":
+            # One thread per replica: oversubscribing a few cores makes every replica slower.
+            os.environ["OMP_NUM_THREADS"] = str(args.torch_threads)
+            torch.set_num_threads(args.torch_threads)
+        runner = GenerationRunner(PipelineCache(args.cache_size), device=device, dtype=dtype)
+        self._executor = InProcessExecutor(
+            runner=runner,
+            catalog=build_catalog(args.models_dir, args.default_model),
+            store=build_store(args.storage),
+            progress_interval=args.progress_interval,
+        )
+        log.info("Diffusion replica ready on %s (%s)", device, dtype)
+
+    async def run(self, job: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+        """Stream {"type": "progress"|"result"|"error", ...} for one claimed job."""
+        claimed = ClaimedJob.model_validate(job)
+        try:
+            async for event in self._executor.execute(claimed):
+                if isinstance(event, Progress):
+                    yield {"type": "progress", **event.model_dump()}
+                else:
+                    yield {"type": "result", **event.model_dump(mode="json")}
+        except GenerationFailed as exc:
+            yield {"type": "error", "error_type": exc.error_type, "message": exc.message, "traceback": exc.traceback}
+
+    def check_health(self) -> None:
+        """Serve restarts a replica whose check raises; loading state is checked per job."""
+
+    def __del__(self) -> None:
+        executor = getattr(self, "_executor", None)
+        if executor is not None:
+            executor.close()
+
+
+# Two requests per replica: one denoising, one waiting on the replica's single pipeline thread.
+Diffusion = serve.deployment(name="Diffusion", max_ongoing_requests=2, health_check_period_s=10)(DiffusionReplica)

@@ -1,0 +1,1 @@
+"""Adapters for durable state: Postgres, object storage and the model folder."""

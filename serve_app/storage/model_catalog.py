@@ -1,0 +1,157 @@
+"""The model catalog: diffusers folders and single-file checkpoints found in one directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from serve_app.domain.errors import ModelNotFound
+from serve_app.domain.models import ModelFamily, ModelFormat, ModelSpec
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+_SDXL_PIPELINES = frozenset(
+    {"StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"}
+)
+_SD_PIPELINES = frozenset(
+    {"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"}
+)
+
+# Models by name, and checkpoint stems to the model names they stand for.
+_Index = tuple[dict[str, ModelSpec], dict[str, str]]
+
+
+class DirectoryModelCatalog:
+    """Scans `models_dir` once, and again whenever a name is not found, so models copied in later appear."""
+
+    def __init__(self, models_dir: Path, default_model: str) -> None:
+        self._models_dir = models_dir.absolute()
+        self._default_model = default_model
+        # Replaced as a whole, never mutated, so concurrent readers see one consistent scan.
+        self._index: _Index | None = None
+
+    def resolve(self, name: str | None) -> ModelSpec:
+        name = self._default_model if name is None else name
+        if not _is_plain_name(name):
+            raise ModelNotFound(name)
+        spec = self._lookup(self._scanned(), name)
+        if spec is None:
+            spec = self._lookup(self._rescan(), name)
+        if spec is None:
+            raise ModelNotFound(name)
+        return spec
+
+    def list(self) -> list[ModelSpec]:
+        models, _ = self._scanned()
+        return [models[name] for name in sorted(models)]
+
+    def refresh(self) -> None:
+        """Rescan the folder now."""
+        self._rescan()
+
+    def _rescan(self) -> _Index:
+        index = _scan(self._models_dir)
+        self._index = index
+        return index
+
+    def _scanned(self) -> _Index:
+        return self._index if self._index is not None else self._rescan()
+
+    @staticmethod
+    def _lookup(index: _Index, name: str) -> ModelSpec | None:
+        models, aliases = index
+        return models.get(name) or models.get(aliases.get(name, ""))
+
+
+def _is_plain_name(name: str) -> bool:
+    return bool(name) and name != "." and not any(bad in name for bad in ("..", "/", "\\", "\x00"))
+
+
+def _scan(models_dir: Path) -> _Index:
+    models: dict[str, ModelSpec] = {}
+    try:
+        entries = sorted(models_dir.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        logger.warning("Models folder %s does not exist", models_dir)
+        return models, {}
+    for entry in entries:
+        # Hidden entries include the `.tmp*` folders a model download is assembled in.
+        if entry.name.startswith("."):
+            continue
+        spec = _spec_for(entry)
+        if spec is not None:
+            models[spec.name] = spec
+    return models, _stem_aliases(models)
+
+
+def _spec_for(entry: Path) -> ModelSpec | None:
+    if entry.is_dir():
+        if entry.name.endswith(".config") or not (entry / "model_index.json").is_file():
+            return None
+        family = _family_from_config(entry)
+        if family is None:
+            return None
+        return ModelSpec(name=entry.name, family=family, format=ModelFormat.DIFFUSERS, path=str(entry))
+    if entry.is_file() and entry.suffix in CHECKPOINT_SUFFIXES:
+        config_dir = entry.with_name(entry.stem + ".config")
+        config_path = config_dir if config_dir.is_dir() else None
+        if config_path is not None and (config_path / "model_index.json").is_file():
+            family = _family_from_config(config_path)
+            if family is None:
+                return None
+        else:
+            family = _family_from_name(entry.name)
+        return ModelSpec(
+            name=entry.name,
+            family=family,
+            format=ModelFormat.CHECKPOINT,
+            path=str(entry),
+            config_path=str(config_path) if config_path is not None else None,
+        )
+    return None
+
+
+def _stem_aliases(models: dict[str, ModelSpec]) -> dict[str, str]:
+    # A checkpoint also answers to its stem unless a real model has that name; .safetensors wins over .ckpt.
+    aliases: dict[str, str] = {}
+    for spec in sorted(models.values(), key=lambda s: (s.name.endswith(".ckpt"), s.name)):
+        if spec.format is ModelFormat.CHECKPOINT:
+            stem = Path(spec.name).stem
+            if stem not in models:
+                aliases.setdefault(stem, spec.name)
+    return aliases
+
+
+def _family_from_name(name: str) -> ModelFamily:
+    # Enfugue's heuristic; a later issue replaces it with probing the checkpoint's tensors.
+    return ModelFamily.SDXL if "xl" in name.lower() else ModelFamily.SD1
+
+
+def _family_from_config(folder: Path) -> ModelFamily | None:
+    """Family from a diffusers layout's JSON configs; None (and a warning) when unsupported or unreadable."""
+    index = _read_json(folder / "model_index.json")
+    class_name = index.get("_class_name") if index is not None else None
+    if class_name in _SDXL_PIPELINES:
+        return ModelFamily.SDXL
+    if class_name in _SD_PIPELINES:
+        return ModelFamily.SD2 if _looks_like_sd2(folder) else ModelFamily.SD1
+    logger.warning("Skipping model %s: unsupported or unreadable model_index.json (%s)", folder, class_name)
+    return None
+
+
+def _looks_like_sd2(folder: Path) -> bool:
+    # SD2 swapped CLIP ViT-L (768 wide) for OpenCLIP ViT-H (1024); its 768px models also predict v.
+    text_encoder = _read_json(folder / "text_encoder" / "config.json") or {}
+    scheduler = _read_json(folder / "scheduler" / "scheduler_config.json") or {}
+    return text_encoder.get("hidden_size") == 1024 or scheduler.get("prediction_type") == "v_prediction"
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -1,0 +1,1 @@
+"""Tests of serve_app.inference on tiny random-weight models."""

@@ -1,0 +1,165 @@
+"""The real thing: `serve-app run` (Ray Serve, embedded-style Postgres, tiny models) over HTTP.
+
+Tests in this module share one running stack and run in file order; the last one stops it.
+"""
+
+from __future__ import annotations
+
+import io
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import asyncpg
+import httpx
+import psutil
+import pytest
+from PIL import Image
+
+pytestmark = [pytest.mark.serving, pytest.mark.timeout(600)]
+
+SMALL = {"prompt": "a cat", "width": 64, "height": 64, "num_inference_steps": 2}
+
+
+def invoke(stack, **params) -> str:
+    response = httpx.post(f"{stack.url}/api/invoke", json=params, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()["data"]["uuid"]
+
+
+def status(stack, uid: str) -> dict:
+    response = httpx.get(f"{stack.url}/api/invocation/{uid}", timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()["data"]
+
+
+def poll(stack, uid: str, predicate, timeout: float = 120.0, tolerate_errors: bool = False) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            data = status(stack, uid)
+        except (AssertionError, httpx.HTTPError):
+            if not tolerate_errors:
+                raise
+        else:
+            if predicate(data):
+                return data
+        time.sleep(0.05)  # client-side polling, as Enfugue clients do
+    raise AssertionError(f"timed out waiting on {uid}: {status(stack, uid)}\n{stack.log()}")
+
+
+def done(data: dict) -> bool:
+    return data["status"] in ("completed", "error")
+
+
+def png(stack, entry: str) -> Image.Image:
+    response = httpx.get(f"{stack.url}/api/invocation/{entry}", timeout=30)
+    assert response.status_code == 200
+    return Image.open(io.BytesIO(response.content))
+
+
+async def job_row(stack, uid: str) -> tuple[asyncpg.Record, int]:
+    connection = await asyncpg.connect(stack.database_url)
+    try:
+        job = await connection.fetchrow("SELECT * FROM jobs WHERE id = $1", uuid.UUID(uid))
+        images = await connection.fetchval("SELECT count(*) FROM images WHERE job_id = $1", uuid.UUID(uid))
+    finally:
+        await connection.close()
+    return job, images
+
+
+def test_ready_and_discoverable(stack):
+    body = httpx.get(f"{stack.url}/api").json()
+    assert body["data"]["status"] in ("ready", "busy")
+    assert httpx.get(f"{stack.url}/api/v1/app/version").json()["version"] == "6.8.1"
+    assert httpx.get(f"{stack.url}/docs").status_code == 200
+
+
+def test_invoke_poll_png_of_requested_size_and_deterministic(stack):
+    first = invoke(stack, **SMALL, width=64, height=96, seed=11, samples=2)
+    second = invoke(stack, **SMALL, width=64, height=96, seed=11, samples=2)
+    results = [poll(stack, uid, done) for uid in (first, second)]
+    assert [r["status"] for r in results] == ["completed", "completed"]
+    images = [[png(stack, entry) for entry in r["images"]] for r in results]
+    assert all(image.size == (64, 96) for pair in images for image in pair)
+    assert images[0][0].tobytes() == images[1][0].tobytes()
+    assert images[0][1].tobytes() == images[1][1].tobytes()
+    assert images[0][0].tobytes() != images[0][1].tobytes()  # image i uses seed + i
+
+
+def test_bad_input_crosses_the_handles_as_4xx(stack):
+    response = httpx.post(f"{stack.url}/api/invoke", json={**SMALL, "width": 65})
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["title"] == "BadRequestError"
+    response = httpx.post(f"{stack.url}/api/invoke", json={**SMALL, "model": "missing"})
+    assert response.status_code == 404
+    assert response.json()["errors"][0]["detail"] == "Unknown diffusion model missing"
+    assert httpx.get(f"{stack.url}/api/invocation/{uuid.uuid4().hex}").status_code == 404
+
+
+def test_cancel_mid_run_frees_the_replica(stack):
+    long = {**SMALL, "width": 128, "height": 128, "num_inference_steps": 200}
+    uid = invoke(stack, **long)
+    running = poll(stack, uid, lambda d: d["status"] == "processing" and (d["step"] or 0) >= 5)
+    seconds_per_step = running["duration"] / running["step"]
+    canceled_at = time.monotonic()
+    response = httpx.post(f"{stack.url}/api/invocation/{uid}/cancel")
+    assert response.json()["data"]["message"] == "The invocation was canceled."
+    # The same job again: if the replica kept denoising the canceled one (~190 steps left), this
+    # one would wait for it. Compare with the time those steps take, measured in this run.
+    follow = invoke(stack, **{**long, "num_inference_steps": 20})
+    assert poll(stack, follow, done)["status"] == "completed"
+    elapsed = time.monotonic() - canceled_at
+    remaining_if_not_stopped = (200 - running["step"]) * seconds_per_step
+    assert elapsed < 0.6 * (remaining_if_not_stopped + 20 * seconds_per_step), (elapsed, remaining_if_not_stopped)
+    assert status(stack, uid)["status"] == "error"
+
+
+async def test_diffusion_replica_killed_mid_job_completes_exactly_once(stack):
+    uid = invoke(stack, **{**SMALL, "width": 128, "height": 128, "num_inference_steps": 120, "samples": 2})
+    poll(stack, uid, lambda d: d["status"] == "processing" and (d["step"] or 0) >= 3)
+    [replica] = stack.replica_processes("Diffusion")
+    replica.kill()
+    replica.wait(timeout=30)
+    data = poll(stack, uid, done, timeout=240, tolerate_errors=True)
+    assert data["status"] == "completed", data
+    assert len(data["images"]) == 2
+    job, image_rows = await job_row(stack, uid)
+    assert job["attempts"] == 2
+    assert image_rows == 2
+
+
+async def test_queue_replica_killed_jobs_resume(stack):
+    uid = invoke(stack, **{**SMALL, "width": 128, "height": 128, "num_inference_steps": 120})
+    poll(stack, uid, lambda d: d["status"] == "processing" and (d["step"] or 0) >= 3)
+    [replica] = stack.replica_processes("Queue")
+    replica.kill()
+    replica.wait(timeout=30)
+    # Serve restarts the Queue replica; its reaper finds the expired lease and runs the job again.
+    data = poll(stack, uid, done, timeout=240, tolerate_errors=True)
+    assert data["status"] == "completed", data
+    job, image_rows = await job_row(stack, uid)
+    assert job["attempts"] == 2
+    assert image_rows == 1
+
+
+def test_cli_generate_writes_the_png(stack, tmp_path):
+    out = tmp_path / "cli.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "serve_app.cli", "generate", "a boat", "--out", str(out), "--server", stack.url,
+         "--width", "64", "--height", "64", "--steps", "2", "--seed", "3"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert Image.open(out).size == (64, 64)
+
+
+def test_sigterm_stops_everything_and_leaves_no_process(stack):
+    processes = stack.processes()
+    assert len(processes) > 3  # launcher, Ray's own processes, replicas
+    stack.process.send_signal(signal.SIGTERM)
+    assert stack.process.wait(timeout=90) == 0, stack.log()
+    gone, alive = psutil.wait_procs(processes, timeout=30)
+    assert alive == [], [(p.pid, p.name()) for p in alive]
