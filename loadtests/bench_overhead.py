@@ -22,6 +22,7 @@ import httpx
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep the local Ray on loopback
 
 RESULTS = Path(__file__).parent / "results" / "overhead.json"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -37,6 +38,9 @@ def run(
     data_dir: Annotated[Path | None, typer.Option(help="Database, files and models live here.")] = None,
 ) -> None:
     """Start the whole stack in the foreground; Ctrl-C or SIGTERM stops all of it."""
+    # Before Ray is imported (it reads these at import): keep the local cluster on loopback.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from serve_app.serving.launcher import local_stack
     from serve_app.settings import Settings, get_settings
 

@@ -64,4 +64,9 @@ class DiffusionReplica:
 
 
 # Two requests per replica: one denoising, one waiting on the replica's single pipeline thread.
-Diffusion = serve.deployment(name="Diffusion", max_ongoing_requests=2, health_check_period_s=10)(DiffusionReplica)
+Diffusion = serve.deployment(
+    name="Diffusion",
+    max_ongoing_requests=2,
+    health_check_period_s=10,
+    ray_actor_options={"num_cpus": 1},  # a Serve config file sets GPUs for real deployments
+)(DiffusionReplica)

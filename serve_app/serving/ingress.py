@@ -28,4 +28,6 @@ class IngressReplica:
 
 
 # `serve.ingress()` with no app defers to `__serve_build_asgi_app__`, called after the constructor.
-Ingress = serve.deployment(name="Ingress", max_ongoing_requests=200)(serve.ingress()(IngressReplica))
+Ingress = serve.deployment(name="Ingress", max_ongoing_requests=200, ray_actor_options={"num_cpus": 0.1})(
+    serve.ingress()(IngressReplica)
+)

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from serve_app.storage.db import upgrade
 from serve_app.storage.embedded import EmbeddedPostgres
 
 log = logging.getLogger(__name__)
+
 
 APP_NAME = "serve-app"
 
@@ -65,6 +67,7 @@ def local_ray(*, num_cpus: int | None = None) -> Iterator[None]:
     """Ray on this machine only: loopback, a private short temp dir, one torch thread per worker."""
     temp_dir = tempfile.mkdtemp(prefix="sa-ray-", dir="/tmp")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    sigterm_handler = signal.getsignal(signal.SIGTERM)
     ray.init(
         num_cpus=num_cpus or max(2, os.cpu_count() or 2),
         include_dashboard=False,
@@ -73,11 +76,14 @@ def local_ray(*, num_cpus: int | None = None) -> Iterator[None]:
         runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}},
         log_to_driver=os.environ.get("SERVE_APP_RAY_LOG_TO_DRIVER", "1") == "1",
     )
+    # Ray installs a native SIGTERM handler that aborts the process; put the caller's back so
+    # SIGTERM unwinds this context manager and shuts everything down in order.
+    signal.signal(signal.SIGTERM, sigterm_handler)
     try:
         yield
     finally:
-        with contextlib.suppress(Exception):
-            serve.shutdown()  # type: ignore[no-untyped-call]
+        # Ray stops the Serve controller and proxies with the cluster; `serve.shutdown()` here
+        # would wait 30 s for a controller that has already exited (Ray 2.60).
         ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
@@ -95,4 +101,11 @@ def local_stack(settings: Settings, *, args: AppArgs | None = None, build_demo: 
             serve.start(http_options={"host": settings.host, "port": settings.port})
             # serve.run returns once every deployment is healthy, i.e. once the API can answer.
             serve.run(build_app(app_args), name=APP_NAME, route_prefix="/", blocking=False)
-            yield LocalStack(url=f"http://{settings.host}:{settings.port}", database_url=database_url, args=app_args)
+            try:
+                yield LocalStack(
+                    url=f"http://{settings.host}:{settings.port}", database_url=database_url, args=app_args
+                )
+            finally:
+                # Graceful: replicas drain, the Queue gives running jobs back and closes its
+                # connections, all before Ray and the database go away.
+                serve.delete(APP_NAME)

@@ -66,4 +66,7 @@ class QueueReplica:
         await self._stack.aclose()
 
 
-Queue = serve.deployment(name="Queue", max_ongoing_requests=200, health_check_period_s=10)(QueueReplica)
+# Mostly waiting on Postgres and handles: a fraction of a CPU by default.
+Queue = serve.deployment(
+    name="Queue", max_ongoing_requests=200, health_check_period_s=10, ray_actor_options={"num_cpus": 0.1}
+)(QueueReplica)

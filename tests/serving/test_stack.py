@@ -78,8 +78,9 @@ def test_ready_and_discoverable(stack):
 
 
 def test_invoke_poll_png_of_requested_size_and_deterministic(stack):
-    first = invoke(stack, **SMALL, width=64, height=96, seed=11, samples=2)
-    second = invoke(stack, **SMALL, width=64, height=96, seed=11, samples=2)
+    params = {**SMALL, "width": 64, "height": 96, "seed": 11, "samples": 2}
+    first = invoke(stack, **params)
+    second = invoke(stack, **params)
     results = [poll(stack, uid, done) for uid in (first, second)]
     assert [r["status"] for r in results] == ["completed", "completed"]
     images = [[png(stack, entry) for entry in r["images"]] for r in results]
