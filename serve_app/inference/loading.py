@@ -103,3 +103,12 @@ class PipelineCache:
             # Python must drop the last references before the caching allocator can hand memory back.
             gc.collect()
             torch.cuda.empty_cache()
+
+
+def silence_progress_bars() -> None:
+    """Turn off the tqdm bars diffusers and transformers print while loading: replicas log, not draw."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]

@@ -163,7 +163,11 @@ class Dispatcher:
             log.warning("job %s attempt %d lost: %r", job.id, job.attempt, exc)
             await self._repo.release(job.id, job.attempt, _error(exc))
         finally:
-            self._in_flight.pop(job.id, None)
+            # Only our own entry: the job may already be pending again and reclaimed under a
+            # newer attempt, whose entry must stay so its lease keeps being renewed.
+            entry = self._in_flight.get(job.id)
+            if entry is not None and entry.job.attempt == job.attempt:
+                del self._in_flight[job.id]
             self._wake.set()
 
     async def _consume(self, job: ClaimedJob, events: AsyncGenerator[ExecutionEvent, None]) -> None:

@@ -25,9 +25,10 @@ class DiffusionReplica:
         import torch
 
         from serve_app.inference.executor import InProcessExecutor
-        from serve_app.inference.loading import PipelineCache, pick_device
+        from serve_app.inference.loading import PipelineCache, pick_device, silence_progress_bars
         from serve_app.inference.runner import GenerationRunner
 
+        silence_progress_bars()
         device, dtype = pick_device()
         if device.type == "cpu":
             # One thread per replica: oversubscribing a few cores makes every replica slower.

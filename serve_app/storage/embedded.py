@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import psutil  # type: ignore[import-untyped]  # no stubs in the dev extras
+import psutil
 
 logger = logging.getLogger(__name__)
 

@@ -66,7 +66,7 @@ async def test_invoke_poll_fetch_png(client):
     for entry in data["images"]:
         image = await fetch_png(client, entry)
         assert image.size == (64, 96)
-        assert '"seed"' in image.text["serve_app_metadata"]
+        assert '"seed"' in image.info["serve_app_metadata"]
     thumb = await client.get(f"/api/invocation/thumbnails/{uid}_0.png")
     assert thumb.headers["content-type"] == "image/webp"
     assert Image.open(io.BytesIO(thumb.content)).format == "WEBP"

@@ -169,3 +169,46 @@ async def test_priority_then_fifo_with_bounded_in_flight(repo, tmp_path: Path):
         for job_id in [high.id, *low]:
             await wait_status(repo, job_id, JobStatus.COMPLETED)
     assert [job_id for job_id, _ in executor.calls] == [high.id, *low]
+
+
+class ReleaseWaitsForReclaim:
+    """The real repository, except that `release` returns only after the job was claimed again:
+    forces the interleaving where a new attempt starts before the old attempt's task has ended."""
+
+    def __init__(self, repo) -> None:
+        self._repo = repo
+        self.reclaimed = asyncio.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._repo, name)
+
+    async def claim(self, limit, lease_seconds):
+        claimed = await self._repo.claim(limit, lease_seconds)
+        if any(job.attempt > 1 for job in claimed):
+            self.reclaimed.set()
+        return claimed
+
+    async def release(self, job_id, attempt, error):
+        status = await self._repo.release(job_id, attempt, error)
+        await asyncio.wait_for(self.reclaimed.wait(), 10)
+        return status
+
+
+async def test_retried_attempt_keeps_its_lease_when_the_old_attempt_ends_late(repo, tmp_path: Path):
+    store = FileObjectStore(tmp_path)
+    executor = Scripted(store, ["lost", "hangs"])
+    wrapped = ReleaseWaitsForReclaim(repo)
+    dispatcher = make(wrapped, executor, store, lease_seconds=0.3)
+    job_id = await submit(repo)
+    async with running(dispatcher):
+        await asyncio.wait_for(wrapped.reclaimed.wait(), 10)
+        # Several lease periods later the second attempt must still own the job: its lease is renewed.
+        await wait_status(repo, job_id, JobStatus.IN_PROGRESS)
+        async with asyncio.timeout(10):
+            while len(executor.calls) < 2:
+                await asyncio.sleep(0.02)
+        for _ in range(10):
+            await asyncio.sleep(0.1)  # spans three lease lengths; the assertion is on state, not time
+            job = await repo.get(job_id)
+            assert (job.status, job.attempts) == (JobStatus.IN_PROGRESS, 2)
+        assert dispatcher.in_flight == [job_id]

@@ -97,7 +97,7 @@ def stack(serving_database: str, tmp_path_factory: pytest.TempPathFactory) -> It
         "SERVE_APP_DATABASE_URL": serving_database,
         "SERVE_APP_MAX_STEPS": "200",
         # Short leases so a lost Queue replica's jobs come back within seconds in the tests.
-        "SERVE_APP_LEASE_SECONDS": "3",
+        "SERVE_APP_LEASE_SECONDS": "5",
         "SERVE_APP_RAY_LOG_TO_DRIVER": "0",
     }
     log_path = data_dir / "serve-app.log"
