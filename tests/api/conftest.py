@@ -41,11 +41,15 @@ def runner() -> GenerationRunner:
     return GenerationRunner(PipelineCache(2), device=device, dtype=dtype)
 
 
+@pytest.fixture
+def storage(tmp_path: Path) -> StorageArgs:
+    return StorageArgs(url=(tmp_path / "files").as_uri())
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def runtime(
-    database_url: str, models_dir: Path, tmp_path: Path, runner: GenerationRunner
+    database_url: str, models_dir: Path, storage: StorageArgs, runner: GenerationRunner
 ) -> AsyncIterator[QueueRuntime]:
-    storage = StorageArgs(url=(tmp_path / "files").as_uri())
     args = QueueArgs(
         database_url=database_url,
         models_dir=str(models_dir),
@@ -59,14 +63,13 @@ async def runtime(
         runner=runner, catalog=build_catalog(str(models_dir), "demo-sd15"), store=build_store(storage)
     )
     async with queue_runtime(args, executor) as runtime:
-        runtime.store_url = storage.url  # type: ignore[attr-defined]
         yield runtime
     executor.close()
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def client(runtime: QueueRuntime) -> AsyncIterator[httpx.AsyncClient]:
-    store = build_store(StorageArgs(url=runtime.store_url))  # type: ignore[attr-defined]
+async def client(runtime: QueueRuntime, storage: StorageArgs) -> AsyncIterator[httpx.AsyncClient]:
+    store = build_store(storage)
     app = create_app(ApiContext(jobs=runtime.service, store=store, version="test"), max_body_bytes=64 * 1024)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://serve-app.test") as http:
