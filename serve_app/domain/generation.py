@@ -68,12 +68,11 @@ class Limits(BaseModel):
         """Raise InvalidRequest naming the first field that breaks a limit (sizes must be resolved)."""
         if request.width is None or request.height is None:
             raise InvalidRequest("`width` and `height` must be resolved before checking limits", field="width")
+        check_runnable(request)
         for field, value, limit in (
             ("width", request.width, self.max_width),
             ("height", request.height, self.max_height),
         ):
-            if value < 8 or value % 8:
-                raise InvalidRequest(f"`{field}` must be a positive multiple of 8, got {value}", field=field)
             if value > limit:
                 raise InvalidRequest(f"`{field}` must be at most {limit}, got {value}", field=field)
         if request.width * request.height > self.max_pixels:
@@ -81,18 +80,36 @@ class Limits(BaseModel):
                 f"`width` × `height` must be at most {self.max_pixels} pixels, got {request.width * request.height}",
                 field="width",
             )
-        if not 1 <= request.steps <= self.max_steps:
+        if request.steps > self.max_steps:
             raise InvalidRequest(f"`steps` must be between 1 and {self.max_steps}, got {request.steps}", field="steps")
-        if not 1 <= request.num_images <= self.max_images_per_job:
+        if request.num_images > self.max_images_per_job:
             raise InvalidRequest(
                 f"the number of images must be between 1 and {self.max_images_per_job}, got {request.num_images}",
                 field="samples",
             )
-        if not 0 <= request.seed <= MAX_SEED:
-            raise InvalidRequest(f"`seed` must be between 0 and {MAX_SEED}, got {request.seed}", field="seed")
-        if not 0.0 <= request.guidance_scale <= 100.0:
+        if request.guidance_scale > 100.0:
             raise InvalidRequest(
                 f"`guidance_scale` must be between 0 and 100, got {request.guidance_scale}", field="guidance_scale"
             )
-        if request.scheduler is not None and request.scheduler not in SCHEDULER_NAMES:
-            raise InvalidRequest(f"Unknown scheduler {request.scheduler}", field="scheduler")
+
+
+def check_runnable(request: GenerationRequest) -> None:
+    """Raise InvalidRequest naming the first field no pipeline could run with, whatever the limits.
+
+    Shared by the queue (before anything is stored) and the runner (before anything is loaded)."""
+    for name, value in (("width", request.width), ("height", request.height)):
+        # The VAE downsamples by 8: any other size would be silently cropped. None means native size.
+        if value is not None and (value < 8 or value % 8):
+            raise InvalidRequest(f"`{name}` must be a positive multiple of 8, got {value}", field=name)
+    if request.steps < 1:
+        raise InvalidRequest(f"`steps` must be at least 1, got {request.steps}", field="steps")
+    if request.num_images < 1:
+        raise InvalidRequest(f"`num_images` must be at least 1, got {request.num_images}", field="num_images")
+    if not 0 <= request.seed <= MAX_SEED:
+        raise InvalidRequest(f"`seed` must be between 0 and {MAX_SEED}, got {request.seed}", field="seed")
+    if request.guidance_scale < 0:
+        raise InvalidRequest(
+            f"`guidance_scale` must not be negative, got {request.guidance_scale}", field="guidance_scale"
+        )
+    if request.scheduler is not None and request.scheduler not in SCHEDULER_NAMES:
+        raise InvalidRequest(f"Unknown scheduler {request.scheduler}", field="scheduler")

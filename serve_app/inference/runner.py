@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from serve_app.domain.errors import GenerationFailed, InvalidRequest, JobCanceled
-from serve_app.domain.generation import MAX_SEED, SCHEDULER_NAMES, GenerationRequest
+from serve_app.domain.generation import GenerationRequest, check_runnable
 from serve_app.domain.models import ModelSpec
 from serve_app.inference.families import family_of
 from serve_app.inference.loading import PipelineCache
@@ -32,22 +32,7 @@ def check_inputs(request: GenerationRequest) -> None:
     """Raise InvalidRequest naming the first field a pipeline could not run with (sizes resolved or not)."""
     if request.kind != "txt2img":
         raise InvalidRequest(f"`kind` must be txt2img, got {request.kind}", field="kind")
-    for name, value in (("width", request.width), ("height", request.height)):
-        # The VAE downsamples by 8: any other size would be silently cropped. None means native size.
-        if value is not None and (value < 8 or value % 8):
-            raise InvalidRequest(f"`{name}` must be a positive multiple of 8, got {value}", field=name)
-    if request.steps < 1:
-        raise InvalidRequest(f"`steps` must be at least 1, got {request.steps}", field="steps")
-    if request.num_images < 1:
-        raise InvalidRequest(f"`num_images` must be at least 1, got {request.num_images}", field="num_images")
-    if not 0 <= request.seed <= MAX_SEED:
-        raise InvalidRequest(f"`seed` must be between 0 and {MAX_SEED}, got {request.seed}", field="seed")
-    if request.guidance_scale < 0:
-        raise InvalidRequest(
-            f"`guidance_scale` must not be negative, got {request.guidance_scale}", field="guidance_scale"
-        )
-    if request.scheduler is not None and request.scheduler not in SCHEDULER_NAMES:
-        raise InvalidRequest(f"Unknown scheduler {request.scheduler}", field="scheduler")
+    check_runnable(request)
 
 
 class GenerationRunner:
