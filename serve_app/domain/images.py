@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +24,11 @@ def thumbnail_key(name: str) -> str:
     """Object-storage key of an image's WebP thumbnail."""
     stem = name.rsplit(".", 1)[0]
     return f"thumbnails/{stem}.webp"
+
+
+def object_keys(images: Iterable[StoredImage]) -> list[str]:
+    """Every object an image owns in storage: the PNG and its thumbnail."""
+    return [key for image in images for key in (image.storage_key, image.thumbnail_key)]
 
 
 class StoredImage(BaseModel):

@@ -17,7 +17,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
 from serve_app.domain.errors import ExecutorLost, GenerationFailed, JobNotFound
-from serve_app.domain.images import StoredImage
+from serve_app.domain.images import StoredImage, object_keys
 from serve_app.domain.jobs import ClaimedJob, JobError, JobStatus, Progress
 from serve_app.domain.ports import (
     ChangeFeed,
@@ -190,7 +190,7 @@ class Dispatcher:
         except JobNotFound:
             status = None
         if status is None or status in (JobStatus.CANCELED, JobStatus.FAILED):
-            await self._store.delete([key for image in images for key in (image.storage_key, image.thumbnail_key)])
+            await self._store.delete(object_keys(images))
 
     async def _release_all(self) -> None:
         entries = list(self._in_flight.values())

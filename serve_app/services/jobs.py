@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from typing import Protocol
 
 from serve_app.domain.errors import InvalidRequest
 from serve_app.domain.generation import GenerationRequest, Limits
-from serve_app.domain.images import ImageRecord
+from serve_app.domain.images import ImageRecord, object_keys
 from serve_app.domain.jobs import Job, JobStatus, NewJob
 from serve_app.domain.models import ModelSpec
 from serve_app.domain.ports import JobRepository, ModelCatalog, ObjectStore
@@ -113,7 +112,7 @@ class JobService:
         # Cancel first so a running replica stops and cannot write images for a deleted job.
         await self._repo.cancel(job_id)
         images = await self._repo.delete(job_id)
-        await self._store.delete(_object_keys(images))
+        await self._store.delete(object_keys(images))
 
     async def get_image(self, name: str) -> ImageRecord:
         return await self._repo.get_image(name)
@@ -123,7 +122,3 @@ class JobService:
 
     async def models(self) -> list[ModelSpec]:
         return self._catalog.list()
-
-
-def _object_keys(images: Sequence[ImageRecord]) -> list[str]:
-    return [key for image in images for key in (image.storage_key, image.thumbnail_key)]
