@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncGenerator, Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
@@ -22,6 +22,17 @@ class JobChange(BaseModel):
     status: JobStatus
     progress_step: int | None = None
     progress_total: int | None = None
+
+
+class BusMessage(BaseModel):
+    """One real-time event for Socket.IO clients, already in its wire shape (InvokeAI's event payloads).
+
+    Published by whichever replica produced it; every Ingress replica receives it and emits `event`
+    with `data` to Socket.IO room `room` (None: to every client)."""
+
+    event: str
+    room: str | None
+    data: dict[str, Any]
 
 
 class ExecutionResult(BaseModel):
@@ -98,6 +109,22 @@ class ChangeFeed(Protocol):
 
     def subscribe(self, callback: Callable[[JobChange], None]) -> Callable[[], None]:
         """Call `callback` for every change; return a function that unsubscribes."""
+        ...
+
+
+class EventBus(Protocol):
+    """Publishes BusMessages to every Ingress replica (Postgres NOTIFY in production and tests)."""
+
+    async def publish(self, message: BusMessage) -> None:
+        """Deliver to every subscriber of every replica, in publish order per publisher."""
+        ...
+
+
+class EventSource(Protocol):
+    """Job changes and bus messages on one ordered stream, as the database committed them."""
+
+    def subscribe_events(self, callback: Callable[[JobChange | BusMessage], None]) -> Callable[[], None]:
+        """Call `callback` for every job change and bus message in commit order; return an unsubscribe function."""
         ...
 
 

@@ -1,11 +1,14 @@
-"""The named statements of sql/queries.sql as typed constants: a misspelt name fails mypy, not a request."""
+"""The named statements of the sql/*.sql files as typed constants: a misspelt name fails mypy, not a request.
+
+Each file gets a frozen dataclass with one attribute per statement; `load` checks the two match.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import re
 from importlib.resources import files
-from typing import LiteralString, cast
+from typing import LiteralString, TypeVar, cast
 
 _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
@@ -48,16 +51,19 @@ def parse(text: str) -> dict[str, LiteralString]:
     return {name: cast(LiteralString, body.strip()) for name, body in zip(names, bodies, strict=True)}
 
 
-def load() -> Queries:
-    """Read sql/queries.sql from the package."""
-    parsed = parse(files("serve_app.storage").joinpath("sql/queries.sql").read_text(encoding="utf-8"))
-    expected = {field.name for field in dataclasses.fields(Queries)}
+_Q = TypeVar("_Q")
+
+
+def load(cls: type[_Q], resource: str) -> _Q:
+    """Read `resource` (e.g. "sql/queries.sql") from the package into `cls`, insisting names match fields."""
+    parsed = parse(files("serve_app.storage").joinpath(resource).read_text(encoding="utf-8"))
+    expected = {field.name for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
     if parsed.keys() != expected:
         raise ValueError(
-            f"sql/queries.sql does not match Queries: missing {sorted(expected - parsed.keys())}, "
+            f"{resource} does not match {cls.__name__}: missing {sorted(expected - parsed.keys())}, "
             f"unknown {sorted(parsed.keys() - expected)}"
         )
-    return Queries(**parsed)
+    return cls(**parsed)
 
 
-QUERIES = load()
+QUERIES = load(Queries, "sql/queries.sql")

@@ -41,6 +41,8 @@ class JobRow(SQLModel, table=True):
         sa.Index("jobs_lease_idx", "lease_expires_at", postgresql_where=sa.text("status = 'in_progress'")),
         sa.Index("jobs_owner_created_idx", "owner", "created_at"),
         sa.Index("jobs_batch_idx", "batch_id"),
+        sa.Index("jobs_queue_status_idx", "queue_id", "status"),
+        sa.Index("jobs_queue_destination_idx", "queue_id", "destination"),
     )
 
     id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid(), primary_key=True, server_default=sa.text("gen_random_uuid()")))
@@ -66,6 +68,37 @@ class JobRow(SQLModel, table=True):
     updated_at: datetime = _timestamp(nullable=False)
     started_at: datetime | None = _timestamp(nullable=True)
     completed_at: datetime | None = _timestamp(nullable=True)
+    # InvokeAI session-queue fields (NULL for jobs that are not graphs).
+    session_id: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    session: dict[str, Any] | None = Field(default=None, sa_column=sa.Column(JSONB(), nullable=True))
+    field_values: list[Any] | None = Field(default=None, sa_column=sa.Column(JSONB(), nullable=True))
+    workflow: dict[str, Any] | None = Field(default=None, sa_column=sa.Column(JSONB(), nullable=True))
+    retried_from_item_id: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger(), nullable=True))
+    is_api_validation_run: bool = Field(
+        default=False, sa_column=sa.Column(sa.Boolean(), nullable=False, server_default=sa.false())
+    )
+    published_workflow_id: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+
+
+class QueueProcessorRow(SQLModel, table=True):
+    """The single row holding the processor switch (pause/resume) shared by every replica."""
+
+    __tablename__ = "queue_processor"
+    __table_args__ = (sa.CheckConstraint("id = 1", name="queue_processor_single_row"),)
+
+    id: int = Field(sa_column=sa.Column(sa.Integer(), primary_key=True, server_default="1"))
+    paused: bool = Field(sa_column=sa.Column(sa.Boolean(), nullable=False, server_default=sa.false()))
+
+
+class EventOverflowRow(SQLModel, table=True):
+    """A bus message too large for a NOTIFY payload, sent by reference to this row."""
+
+    __tablename__ = "event_overflow"
+    __table_args__ = (sa.Index("event_overflow_created_idx", "created_at"),)
+
+    id: int = Field(sa_column=sa.Column(sa.BigInteger(), sa.Identity(always=True), primary_key=True))
+    payload: dict[str, Any] = Field(sa_column=sa.Column(JSONB(), nullable=False))
+    created_at: datetime = _timestamp(nullable=False)
 
 
 class ImageRow(SQLModel, table=True):
