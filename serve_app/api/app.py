@@ -9,7 +9,14 @@ from serve_app.api.body_limit import BodyLimitMiddleware
 from serve_app.api.deps import ApiContext
 from serve_app.api.enfugue.routes import router as enfugue_router
 from serve_app.api.errors import install_error_handlers
+from serve_app.api.invokeai.boards import board_images_router as invokeai_board_images_router
+from serve_app.api.invokeai.boards import boards_router as invokeai_boards_router
+from serve_app.api.invokeai.images import router as invokeai_images_router
+from serve_app.api.invokeai.models import router as invokeai_models_router
+from serve_app.api.invokeai.queue import router as invokeai_queue_router
 from serve_app.api.invokeai.routes import router as invokeai_router
+from serve_app.api.invokeai.socket import install_socket
+from serve_app.api.invokeai.utilities import router as invokeai_utilities_router
 
 
 def create_app(context: ApiContext, *, max_body_bytes: int = 32 * 1024 * 1024) -> FastAPI:
@@ -32,5 +39,13 @@ def create_app(context: ApiContext, *, max_body_bytes: int = 32 * 1024 * 1024) -
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.include_router(invokeai_router)
+    app.include_router(invokeai_queue_router)
+    app.include_router(invokeai_images_router)
+    app.include_router(invokeai_boards_router)
+    app.include_router(invokeai_board_images_router)
+    app.include_router(invokeai_utilities_router)
+    app.include_router(invokeai_models_router)
     app.include_router(enfugue_router)
+    # Socket.IO at /ws/socket.io; its hub runs for the app's lifespan when context.events is set.
+    install_socket(app, context)
     return app

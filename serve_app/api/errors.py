@@ -18,6 +18,7 @@ from serve_app.domain.errors import (
     ServeAppError,
     ServiceUnavailable,
 )
+from serve_app.domain.imaging import PayloadTooLarge, UnsupportedMediaType
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,10 @@ class HttpError(Exception):
 
 def status_for(exc: ServeAppError) -> int:
     """The HTTP status of a domain error; the same for both dialects."""
+    if isinstance(exc, UnsupportedMediaType):
+        return 415
+    if isinstance(exc, PayloadTooLarge):
+        return 413
     if isinstance(exc, InvalidRequest):
         return 400
     if isinstance(exc, NotFound):

@@ -47,6 +47,11 @@ class NewJob(BaseModel):
     destination: str | None = None
     priority: int = 0
     max_attempts: int = 3
+    # InvokeAI session-queue fields; None for jobs that are not graphs.
+    session_id: str | None = None
+    field_values: list[dict[str, Any]] | None = None
+    workflow: dict[str, Any] | None = None
+    retried_from_item_id: int | None = None
 
 
 class Job(BaseModel):
@@ -73,6 +78,14 @@ class Job(BaseModel):
     started_at: datetime | None
     completed_at: datetime | None
     image_names: list[str] = Field(default_factory=list)
+    session_id: str | None = None
+    # The executed session (InvokeAI's GraphExecutionState), stored when the item ends.
+    session: dict[str, Any] | None = None
+    field_values: list[dict[str, Any]] | None = None
+    workflow: dict[str, Any] | None = None
+    retried_from_item_id: int | None = None
+    is_api_validation_run: bool = False
+    published_workflow_id: str | None = None
 
 
 class ClaimedJob(BaseModel):
@@ -81,6 +94,14 @@ class ClaimedJob(BaseModel):
     id: uuid.UUID
     attempt: int
     request: dict[str, Any]
+    # Who the job is, for the events it produces (InvokeAI's item events carry them).
+    item_id: int = 0
+    queue_id: str = "default"
+    batch_id: str = ""
+    origin: str | None = None
+    destination: str | None = None
+    session_id: str | None = None
+    owner: str = "admin"
 
 
 class Progress(BaseModel):

@@ -8,6 +8,7 @@ are not thread-safe, and so the event loop stays free to stream progress and hea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -24,6 +25,7 @@ from serve_app.domain.images import StoredImage, image_key, image_name, thumbnai
 from serve_app.domain.jobs import ClaimedJob, Progress
 from serve_app.domain.ports import ExecutionEvent, ExecutionResult, ModelCatalog, ObjectStore
 from serve_app.inference.encoding import encode_png, encode_thumbnail
+from serve_app.inference.graph_executor import GRAPH_KIND, GraphRunner
 from serve_app.inference.runner import GenerationRunner
 
 _DONE = object()
@@ -46,12 +48,27 @@ class InProcessExecutor:
         self._progress_interval = progress_interval
         # One thread: pipeline calls are serialized, never concurrent.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffusion")
+        self._graphs = GraphRunner(
+            cache=runner.cache,
+            catalog=catalog,
+            store=store,
+            thread=self._thread,
+            device=runner.device,
+            dtype=runner.dtype,
+            progress_interval=progress_interval,
+        )
 
     def close(self) -> None:
         self._thread.shutdown(wait=False, cancel_futures=True)
 
     async def execute(self, job: ClaimedJob) -> AsyncGenerator[ExecutionEvent, None]:
-        """Yield throttled Progress, then an ExecutionResult once every image is stored."""
+        """Yield throttled Progress (NodeEvents for graphs), then an ExecutionResult once every image is stored."""
+        if job.request.get("kind") == GRAPH_KIND:
+            # aclosing: when our consumer closes us, close the graph run now (its stop flag), not at GC.
+            async with contextlib.aclosing(self._graphs.execute(job)) as graph_events:
+                async for graph_event in graph_events:
+                    yield graph_event
+            return
         request = _parse_request(job)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[object] = asyncio.Queue()

@@ -46,6 +46,18 @@ class GenerationRunner:
         self._device = torch.device(device)
         self._dtype = dtype
 
+    @property
+    def cache(self) -> PipelineCache:
+        return self._cache
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
     def run(
         self,
         spec: ModelSpec,

@@ -26,6 +26,12 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from serve_app.inference.ldm import clip_to_ldm, open_clip_to_ldm, unet_to_ldm, vae_to_ldm, with_prefix
 
 DEMO_MODELS = ("demo-sd15", "demo-sdxl")
+# Written next to the demo models, where the catalog looks for LoRAs and standalone VAEs.
+DEMO_LORA = Path("loras") / "demo-lora-sd15.safetensors"
+DEMO_VAE = Path("vae") / "demo-vae-sd15"
+# Layers a tiny LoRA patches: the attention projections, as most real LoRAs do.
+_LORA_UNET_LAYERS = (".to_q", ".to_k", ".to_v", ".to_out.0")
+_LORA_TEXT_LAYERS = (".q_proj", ".k_proj", ".v_proj", ".out_proj")
 
 # SD 1.5's training noise schedule (and SDXL's): every scheduler derived from it inherits these.
 _SD_NOISE = {
@@ -168,7 +174,9 @@ def save_config_folder(pipe: Any, folder: Path) -> Path:
 
 
 def ensure_demo_models(models_dir: Path) -> list[Path]:
-    """Build `demo-sd15` and `demo-sdxl` as diffusers folders in `models_dir` unless already there."""
+    """Build `demo-sd15` and `demo-sdxl` as diffusers folders in `models_dir` unless already there, plus a demo
+    LoRA (`loras/demo-lora-sd15.safetensors`) and a demo VAE (`vae/demo-vae-sd15/`) for demo-sd15.
+    Returns the main model folders."""
     models_dir.mkdir(parents=True, exist_ok=True)
     builders = {"demo-sd15": build_tiny_sd15, "demo-sdxl": build_tiny_sdxl}
     paths = []
@@ -177,7 +185,55 @@ def ensure_demo_models(models_dir: Path) -> list[Path]:
         if not target.exists():
             _build_atomically(target, builders[name])
         paths.append(target)
+    lora = models_dir / DEMO_LORA
+    if not lora.exists():
+        lora.parent.mkdir(parents=True, exist_ok=True)
+        staging = lora.with_name(f".{lora.name}.{os.getpid()}.{threading.get_ident()}")
+        build_tiny_lora(build_tiny_sd15(), staging, seed=1)
+        os.replace(staging, lora)
+    vae = models_dir / DEMO_VAE
+    if not vae.exists():
+        vae.parent.mkdir(parents=True, exist_ok=True)
+        _build_atomically(vae, lambda: _tiny_vae(seed=1))
     return paths
+
+
+def build_tiny_lora(pipe_or_unet: Any, path: Path, *, rank: int = 4, seed: int = 0, scale: float = 1.0) -> Path:
+    """Write a LoRA for a tiny pipeline (or a bare UNet) to `path`: random non-zero low-rank updates of every
+    attention projection of the UNet and text encoder(s), in the peft/diffusers key layout
+    (`unet.<module>.lora_A.weight` [rank, in], `lora_B.weight` [out, rank]; `text_encoder.`, `text_encoder_2.`).
+    Written by hand (peft is not a dependency); `scale` multiplies the updates."""
+    models = {"unet": pipe_or_unet.unet} if hasattr(pipe_or_unet, "unet") else {"unet": pipe_or_unet}
+    for name in ("text_encoder", "text_encoder_2"):
+        if getattr(pipe_or_unet, name, None) is not None:
+            models[name] = getattr(pipe_or_unet, name)
+    state: dict[str, torch.Tensor] = {}
+    generator = torch.Generator().manual_seed(seed)
+    for prefix, model in models.items():
+        suffixes = _LORA_UNET_LAYERS if prefix == "unet" else _LORA_TEXT_LAYERS
+        for module_name, module in model.named_modules():
+            if not (isinstance(module, torch.nn.Linear) and module_name.endswith(suffixes)):
+                continue
+            out_features, in_features = module.weight.shape
+            down = torch.randn(rank, in_features, generator=generator) / in_features**0.5
+            up = torch.randn(out_features, rank, generator=generator) * scale / rank**0.5
+            state[f"{prefix}.{module_name}.lora_A.weight"] = down.contiguous()
+            state[f"{prefix}.{module_name}.lora_B.weight"] = up.contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata={"format": "pt"})
+    return path
+
+
+def build_tiny_vae(path: Path, *, seed: int = 1, scaling_factor: float = 0.18215) -> Path:
+    """Write a standalone AutoencoderKL diffusers folder that fits the tiny SD 1.5 model (same geometry and
+    scaling) but has its own random weights, so it decodes the same latents to different pixels."""
+    return save_diffusers(_tiny_vae(seed=seed, scaling_factor=scaling_factor), path)
+
+
+def _tiny_vae(*, seed: int, scaling_factor: float = 0.18215) -> Any:
+    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _vae(scaling_factor=scaling_factor)
 
 
 def _build_atomically(target: Path, build: Callable[[], Any]) -> None:

@@ -15,19 +15,24 @@ import traceback
 import uuid
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from serve_app.domain.errors import ExecutorLost, GenerationFailed, JobNotFound
 from serve_app.domain.images import StoredImage, object_keys
 from serve_app.domain.jobs import ClaimedJob, JobError, JobStatus, Progress
 from serve_app.domain.ports import (
+    BusMessage,
     ChangeFeed,
+    EventBus,
     ExecutionEvent,
     ExecutionResult,
     JobChange,
     JobExecutor,
     JobRepository,
+    NodeEvent,
     ObjectStore,
 )
+from serve_app.services import invokeai_events
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +63,14 @@ class Dispatcher:
         executor: JobExecutor,
         store: ObjectStore,
         feed: ChangeFeed | None = None,
+        events: EventBus | None = None,
         config: DispatcherConfig = DispatcherConfig(),
     ) -> None:
         self._repo = repo
         self._executor = executor
         self._store = store
         self._feed = feed
+        self._events = events
         self._config = config
         self._in_flight: dict[uuid.UUID, _InFlight] = {}
         self._wake = asyncio.Event()
@@ -157,8 +164,6 @@ class Dispatcher:
             if entry is not None and entry.stopping_for_shutdown:
                 await self._repo.release(job.id, job.attempt, _error(ExecutorLost("The queue replica stopped.")))
             raise
-        except GenerationFailed as exc:
-            await self._repo.fail(job.id, job.attempt, _error(exc))
         except Exception as exc:  # lost replica, network, bug: retry until attempts run out
             log.warning("job %s attempt %d lost: %r", job.id, job.attempt, exc)
             await self._repo.release(job.id, job.attempt, _error(exc))
@@ -171,17 +176,48 @@ class Dispatcher:
             self._wake.set()
 
     async def _consume(self, job: ClaimedJob, events: AsyncGenerator[ExecutionEvent, None]) -> None:
-        async for event in events:
-            if isinstance(event, Progress):
-                if not await self._repo.report_progress(job.id, job.attempt, event.step, event.total):
-                    return  # canceled or stale: closing the stream stops the executor
-            elif isinstance(event, ExecutionResult):
-                await self._record_result(job, event.images)
-                return
+        failed_node: NodeEvent | None = None
+        try:
+            async for event in events:
+                if isinstance(event, Progress):
+                    if not await self._repo.report_progress(job.id, job.attempt, event.step, event.total):
+                        return  # canceled or stale: closing the stream stops the executor
+                elif isinstance(event, NodeEvent):
+                    if event.kind == "error":
+                        failed_node = event  # told after the item is marked failed, as InvokeAI orders them
+                    elif not await self._record_node_event(job, event):
+                        return
+                elif isinstance(event, ExecutionResult):
+                    await self._record_result(job, event.images, event.session)
+                    return
+        except GenerationFailed as exc:
+            session = None if failed_node is None else failed_node.session
+            if await self._repo.fail(job.id, job.attempt, _error(exc), session) and failed_node is not None:
+                await self._publish(_node_message(job, failed_node))
+            return
         await self._repo.release(job.id, job.attempt, _error(ExecutorLost("The executor ended without a result.")))
 
-    async def _record_result(self, job: ClaimedJob, images: list[StoredImage]) -> None:
-        if await self._repo.complete(job.id, job.attempt, images):
+    async def _record_node_event(self, job: ClaimedJob, event: NodeEvent) -> bool:
+        """Store what the event reports, then tell clients; False when our attempt is no longer current."""
+        if event.images and not await self._repo.add_images(job.id, job.attempt, event.images):
+            return False
+        step, total = event.step, event.total
+        reported = step is None or total is None or await self._repo.report_progress(job.id, job.attempt, step, total)
+        if not reported:
+            return False
+        await self._publish(_node_message(job, event))
+        return True
+
+    async def _publish(self, message: BusMessage) -> None:
+        if self._events is None:
+            return
+        try:
+            await self._events.publish(message)
+        except Exception:  # events are best effort; the job's state is already durable
+            log.exception("could not publish %s", message.event)
+
+    async def _record_result(self, job: ClaimedJob, images: list[StoredImage], session: dict[str, Any] | None) -> None:
+        if await self._repo.complete(job.id, job.attempt, images, session):
             return
         # Our attempt is stale. If nobody else will use these objects (the job was canceled,
         # failed or deleted), remove them; a newer attempt writes the same keys, so keep them then.
@@ -198,6 +234,35 @@ class Dispatcher:
             entry.stopping_for_shutdown = True
             entry.task.cancel()
         await asyncio.gather(*(entry.task for entry in entries), return_exceptions=True)
+
+
+_NODE_EVENTS = {
+    "started": "invocation_started",
+    "progress": "invocation_progress",
+    "complete": "invocation_complete",
+    "error": "invocation_error",
+}
+
+
+def _node_message(job: ClaimedJob, event: NodeEvent) -> BusMessage:
+    extra: dict[str, Any]
+    if event.kind == "progress":
+        extra = {"message": event.message or "", "percentage": event.percentage, "image": event.image}
+    elif event.kind == "complete":
+        extra = {"result": event.result}
+    elif event.kind == "error":
+        extra = {
+            "error_type": event.error_type,
+            "error_message": event.error_message,
+            "error_traceback": event.error_traceback,
+            "user_id": None,
+            "project_id": None,
+        }
+    else:
+        extra = {}
+    return invokeai_events.invocation_event(
+        _NODE_EVENTS[event.kind], job, invocation=event.invocation, source_node_id=event.source_node_id, extra=extra
+    )
 
 
 def _error(exc: BaseException) -> JobError:

@@ -6,7 +6,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from serve_app.serving.args import AppArgs
+from serve_app.serving.args import AppArgs, IngressArgs
 from serve_app.serving.diffusion import Diffusion
 from serve_app.serving.ingress import Ingress
 from serve_app.serving.queue import Queue
@@ -29,7 +29,19 @@ def build_app(args: dict[str, Any] | AppArgs | None = None) -> Application:
     resolved = resolve_args(args)
     diffusion = Diffusion.bind(resolved.diffusion)
     queue = Queue.bind(resolved.queue, diffusion)
-    return Ingress.bind(resolved.ingress, queue)
+    return Ingress.bind(ingress_args(resolved), queue)
+
+
+def ingress_args(args: AppArgs) -> IngressArgs:
+    """The Ingress's args with what it shares with the Queue (database, models) filled in where left empty."""
+    ingress, queue = args.ingress, args.queue
+    return ingress.model_copy(
+        update={
+            "database_url": ingress.database_url or queue.database_url,
+            "models_dir": ingress.models_dir or queue.models_dir,
+            "default_model": ingress.default_model or queue.default_model,
+        }
+    )
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -52,12 +52,18 @@ class QueueArgs(BaseModel):
 
 
 class IngressArgs(BaseModel):
-    """What an Ingress replica needs."""
+    """What an Ingress replica needs: InvokeAI's queue, images and events read Postgres directly."""
 
     model_config = ConfigDict(frozen=True)
 
     storage: StorageArgs
+    # Empty: the Queue's (build_app fills it in, so a config file names the database once).
+    database_url: str = ""
+    models_dir: str = ""
+    default_model: str = ""
     max_body_bytes: int = 32 * 1024 * 1024
+    max_queue_size: int = Field(default=10000, ge=1, description="Pending InvokeAI queue items accepted at most.")
+    max_attempts: int = Field(default=3, ge=1)
     version: str = __version__
 
 
@@ -99,5 +105,12 @@ class AppArgs(BaseModel):
                 lease_seconds=settings.lease_seconds,
             ),
             diffusion=DiffusionArgs(models_dir=models_dir, default_model=settings.default_model, storage=storage),
-            ingress=IngressArgs(storage=storage, max_body_bytes=settings.max_body_bytes),
+            ingress=IngressArgs(
+                storage=storage,
+                database_url=database_url,
+                models_dir=models_dir,
+                default_model=settings.default_model,
+                max_body_bytes=settings.max_body_bytes,
+                max_attempts=settings.max_attempts,
+            ),
         )

@@ -1,7 +1,12 @@
-"""Ingress deployment: the FastAPI app of both dialects, stateless, talking to Queue by handle."""
+"""Ingress deployment: the FastAPI app of both dialects and the Socket.IO server.
+
+Enfugue's routes reach the Queue by handle; InvokeAI's queue, images and boards use this replica's
+own pool, and its LISTEN connection brings every replica's events to its Socket.IO clients.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from fastapi import FastAPI
@@ -9,22 +14,25 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.api.app import create_app
-from serve_app.api.deps import ApiContext
 from serve_app.serving.args import IngressArgs
 from serve_app.serving.clients import QueueClient
-from serve_app.serving.wiring import build_store
+from serve_app.serving.wiring import ingress_runtime
 
 
 class IngressReplica:
-    """The app is built per replica by `__serve_build_asgi_app__`, after the constructor has its handles."""
+    """The app is built per replica by `__serve_build_asgi_app__`, after the (async) constructor opened
+    the database connections."""
 
-    def __init__(self, args: IngressArgs, queue: DeploymentHandle[Any]) -> None:
+    async def __init__(self, args: IngressArgs, queue: DeploymentHandle[Any]) -> None:  # type: ignore[misc]
         self._args = args
-        self._queue = QueueClient(queue)
+        self._stack = contextlib.AsyncExitStack()
+        self._context = await self._stack.enter_async_context(ingress_runtime(args, QueueClient(queue)))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        context = ApiContext(jobs=self._queue, store=build_store(self._args.storage), version=self._args.version)
-        return create_app(context, max_body_bytes=self._args.max_body_bytes)
+        return create_app(self._context, max_body_bytes=self._args.max_body_bytes)
+
+    async def __del__(self) -> None:
+        await self._stack.aclose()
 
 
 # `serve.ingress()` with no app defers to `__serve_build_asgi_app__`, called after the constructor.

@@ -1,4 +1,4 @@
-"""Queue deployment: the only owner of Postgres; serves JobService calls and runs the dispatcher."""
+"""Queue deployment: serves JobService calls (the Enfugue routes) and runs the dispatcher."""
 
 from __future__ import annotations
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
 
 from serve_app.domain.errors import ImageNotFound, JobNotFound, QueueFull
-from serve_app.domain.images import ImageRecord, StoredImage
+from serve_app.domain.images import GeneratedImage, ImageRecord, StoredImage
 from serve_app.domain.jobs import ClaimedJob, Job, JobError, JobStatus, NewJob
+from serve_app.domain.ports import BusMessage
+from serve_app.storage.event_bus import publish_on
 from serve_app.storage.queries import QUERIES as Q
 
 # What the reaper records on a job whose worker stopped renewing its lease.
@@ -30,6 +32,11 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
     return Job.model_validate({**fields, "error": error})
 
 
+def _json_or_none(value: object) -> str | None:
+    # unnest() of a text[] carries JSON documents; NULL stays NULL rather than the JSON `null`.
+    return None if value is None else json.dumps(value)
+
+
 def image_from_row(row: Mapping[str, Any]) -> ImageRecord:
     """An images row as the domain ImageRecord."""
     return ImageRecord.model_validate(dict(row))
@@ -41,20 +48,33 @@ class PgJobRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def enqueue(self, jobs: Sequence[NewJob], *, max_waiting: int | None = None) -> list[Job]:
-        """Insert jobs as pending, all or none; raise QueueFull when the waiting count would exceed max_waiting."""
-        if not jobs:
-            return []
-        ids = [uuid.uuid4() for _ in jobs]
+    async def enqueue(
+        self,
+        jobs: Sequence[NewJob],
+        *,
+        max_waiting: int | None = None,
+        truncate: bool = False,
+        announce: Callable[[list[Job]], BusMessage] | None = None,
+    ) -> list[Job]:
+        """Insert jobs as pending. Past max_waiting waiting jobs: raise QueueFull and insert none, or with
+        `truncate` insert only the leading jobs that fit (InvokeAI's enqueue_batch: `enqueued` < `requested`).
+        `announce` builds an event published in the same transaction, so it precedes any claim of the jobs."""
         async with self._pool.acquire() as connection, connection.transaction():
             if max_waiting is not None:
                 await connection.execute(Q.enqueue_lock)
                 pending: int = await connection.fetchval(Q.count_pending)
-                if pending + len(jobs) > max_waiting:
+                if truncate:
+                    jobs = jobs[: max(0, max_waiting - pending)]
+                elif pending + len(jobs) > max_waiting:
                     raise QueueFull(
                         f"The queue is full: {pending} jobs are waiting and at most {max_waiting} may wait; "
                         f"{len(jobs)} more do not fit"
                     )
+            if not jobs:
+                if announce is not None:
+                    await publish_on(connection, announce([]))
+                return []
+            ids = [uuid.uuid4() for _ in jobs]
             rows = await connection.fetch(
                 Q.insert_jobs,
                 ids,
@@ -66,9 +86,16 @@ class PgJobRepository:
                 [json.dumps(job.request) for job in jobs],
                 [job.owner for job in jobs],
                 [job.max_attempts for job in jobs],
+                [job.session_id for job in jobs],
+                [_json_or_none(job.field_values) for job in jobs],
+                [_json_or_none(job.workflow) for job in jobs],
+                [job.retried_from_item_id for job in jobs],
             )
-        by_id = {row["id"]: job_from_row(row) for row in rows}
-        return [by_id[job_id] for job_id in ids]
+            by_id = {row["id"]: job_from_row(row) for row in rows}
+            inserted = [by_id[job_id] for job_id in ids]
+            if announce is not None:
+                await publish_on(connection, announce(inserted))
+        return inserted
 
     async def get(self, job_id: uuid.UUID) -> Job:
         """The job with its image names; raise JobNotFound."""
@@ -94,7 +121,7 @@ class PgJobRepository:
         if limit <= 0:
             return []
         rows = await self._pool.fetch(Q.claim_jobs, limit, lease_seconds)
-        return [ClaimedJob(id=row["id"], attempt=row["attempt"], request=row["request"]) for row in rows]
+        return [ClaimedJob.model_validate(dict(row)) for row in rows]
 
     async def renew_leases(self, claims: Sequence[tuple[uuid.UUID, int]], lease_seconds: float) -> set[uuid.UUID]:
         """Extend leases of (job, attempt) pairs still in progress; return the ids renewed."""
@@ -109,11 +136,17 @@ class PgJobRepository:
         """Record progress; False when the attempt is no longer the running one."""
         return bool(await self._pool.fetchval(Q.report_progress, job_id, attempt, step, total))
 
-    async def complete(self, job_id: uuid.UUID, attempt: int, images: Sequence[StoredImage]) -> bool:
+    async def complete(
+        self,
+        job_id: uuid.UUID,
+        attempt: int,
+        images: Sequence[StoredImage],
+        session: dict[str, Any] | None = None,
+    ) -> bool:
         """Insert image rows and mark completed in one transaction; False (nothing written) if the attempt is stale."""
         async with self._pool.acquire() as connection, connection.transaction():
             # The fenced update first: it locks the row, and a stale attempt stops before any image row.
-            if not await connection.fetchval(Q.complete_job, job_id, attempt):
+            if not await connection.fetchval(Q.complete_job, job_id, attempt, session):
                 return False
             await connection.executemany(
                 Q.upsert_image,
@@ -133,9 +166,43 @@ class PgJobRepository:
             )
         return True
 
-    async def fail(self, job_id: uuid.UUID, attempt: int, error: JobError) -> bool:
-        """Mark failed; False if the attempt is stale."""
-        return bool(await self._pool.fetchval(Q.fail_job, job_id, attempt, error.type, error.message, error.traceback))
+    async def fail(
+        self, job_id: uuid.UUID, attempt: int, error: JobError, session: dict[str, Any] | None = None
+    ) -> bool:
+        """Mark failed (storing the session as far as it ran, when given); False if the attempt is stale."""
+        return bool(
+            await self._pool.fetchval(Q.fail_job, job_id, attempt, error.type, error.message, error.traceback, session)
+        )
+
+    async def add_images(self, job_id: uuid.UUID, attempt: int, images: Sequence[GeneratedImage]) -> bool:
+        """Insert the rows of images a running attempt produced; False (nothing written) if it is stale."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            if not await connection.fetchval(Q.lock_running_attempt, job_id, attempt):
+                return False
+            await connection.executemany(
+                Q.insert_generated_image,
+                [
+                    (
+                        image.name,
+                        job_id,
+                        image.position,
+                        image.width,
+                        image.height,
+                        image.category.value,
+                        image.is_intermediate,
+                        image.metadata,
+                        image.storage_key,
+                        image.thumbnail_key,
+                        image.board_id,
+                        image.session_id,
+                        image.node_id,
+                        image.has_workflow,
+                        image.owner,
+                    )
+                    for image in images
+                ],
+            )
+        return True
 
     async def release(self, job_id: uuid.UUID, attempt: int, error: JobError) -> JobStatus | None:
         """Give a lost attempt back: pending again, or failed once attempts are exhausted. None if stale."""

@@ -1,14 +1,16 @@
-"""The model catalog: diffusers folders and single-file checkpoints found in one directory."""
+"""The model catalog: diffusers folders and single-file checkpoints found in one directory, plus LoRAs in
+`loras/<name>.safetensors` and diffusers VAEs in `vae/<name>/`."""
 
 from __future__ import annotations
 
 import json
 import logging
+import struct
 from pathlib import Path
 from typing import Any
 
 from serve_app.domain.errors import ModelNotFound
-from serve_app.domain.models import ModelFamily, ModelFormat, ModelSpec
+from serve_app.domain.models import ModelFamily, ModelFormat, ModelSpec, ModelType
 
 logger = logging.getLogger(__name__)
 
@@ -20,8 +22,19 @@ _SD_PIPELINES = frozenset(
     {"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"}
 )
 
-# Models by name, and checkpoint stems to the model names they stand for.
-_Index = tuple[dict[str, ModelSpec], dict[str, str]]
+LORAS_DIR = "loras"
+VAES_DIR = "vae"
+# Optional per-VAE sidecar: {"base": "sdxl"}.
+SIDECAR = "serve_app.json"
+_SAFETENSORS_HEADER_MAX = 100 * 1024 * 1024
+# Cross-attention width (the text encoder's hidden size) per base, as seen in a LoRA's attn2.to_k down matrix.
+_CONTEXT_DIMS = {768: ModelFamily.SD1, 1024: ModelFamily.SD2, 2048: ModelFamily.SDXL}
+# SDXL's VAE is scaled by 0.13025, SD1/SD2's by 0.18215.
+_SDXL_VAE_SCALING = 0.13025
+
+# Main models by name, checkpoint stems to the model names they stand for, and every model (LoRAs and
+# VAEs too) by key.
+_Index = tuple[dict[str, ModelSpec], dict[str, str], dict[str, ModelSpec]]
 
 
 class DirectoryModelCatalog:
@@ -45,8 +58,16 @@ class DirectoryModelCatalog:
         return spec
 
     def list(self) -> list[ModelSpec]:
-        models, _ = self._scanned()
-        return [models[name] for name in sorted(models)]
+        """Every model of every type (main, LoRA, VAE), sorted by name, then type."""
+        _, _, by_key = self._scanned()
+        return sorted(by_key.values(), key=lambda spec: (spec.name, spec.type))
+
+    def get(self, key: str) -> ModelSpec:
+        """Any model by its key; raise ModelNotFound."""
+        spec = self._scanned()[2].get(key) or self._rescan()[2].get(key)
+        if spec is None:
+            raise ModelNotFound(key)
+        return spec
 
     def refresh(self) -> None:
         """Rescan the folder now."""
@@ -62,7 +83,7 @@ class DirectoryModelCatalog:
 
     @staticmethod
     def _lookup(index: _Index, name: str) -> ModelSpec | None:
-        models, aliases = index
+        models, aliases, _ = index
         return models.get(name) or models.get(aliases.get(name, ""))
 
 
@@ -76,7 +97,7 @@ def _scan(models_dir: Path) -> _Index:
         entries = sorted(models_dir.iterdir())
     except (FileNotFoundError, NotADirectoryError):
         logger.warning("Models folder %s does not exist", models_dir)
-        return models, {}
+        return models, {}, {}
     for entry in entries:
         # Hidden entries include the `.tmp*` folders a model download is assembled in.
         if entry.name.startswith("."):
@@ -84,7 +105,89 @@ def _scan(models_dir: Path) -> _Index:
         spec = _spec_for(entry)
         if spec is not None:
             models[spec.name] = spec
-    return models, _stem_aliases(models)
+    extras = [*_scan_loras(models_dir / LORAS_DIR), *_scan_vaes(models_dir / VAES_DIR)]
+    by_key = {spec.key: spec for spec in [*models.values(), *extras]}
+    return models, _stem_aliases(models), by_key
+
+
+def _visible_entries(folder: Path) -> list[Path]:
+    try:
+        return sorted(entry for entry in folder.iterdir() if not entry.name.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _scan_loras(folder: Path) -> list[ModelSpec]:
+    """Single-file LoRAs (InvokeAI labels them format `lycoris`), named by their stem."""
+    specs = []
+    for entry in _visible_entries(folder):
+        if not (entry.is_file() and entry.suffix == ".safetensors"):
+            continue
+        header = _safetensors_header(entry)
+        if header is None:
+            logger.warning("Skipping LoRA %s: not a readable safetensors file", entry)
+            continue
+        specs.append(
+            ModelSpec(
+                name=entry.stem,
+                family=_lora_family(header),
+                format=ModelFormat.LYCORIS,
+                path=str(entry),
+                type=ModelType.LORA,
+            )
+        )
+    return specs
+
+
+def _scan_vaes(folder: Path) -> list[ModelSpec]:
+    """Diffusers AutoencoderKL folders; base from the sidecar, else from the latent scaling factor, else sd-1."""
+    specs = []
+    for entry in _visible_entries(folder):
+        config = _read_json(entry / "config.json") if entry.is_dir() else None
+        if config is None or config.get("_class_name") != "AutoencoderKL":
+            continue
+        family = _sidecar_family(entry / SIDECAR)
+        if family is None:
+            family = ModelFamily.SDXL if config.get("scaling_factor") == _SDXL_VAE_SCALING else ModelFamily.SD1
+        specs.append(
+            ModelSpec(name=entry.name, family=family, format=ModelFormat.DIFFUSERS, path=str(entry), type=ModelType.VAE)
+        )
+    return specs
+
+
+def _sidecar_family(path: Path) -> ModelFamily | None:
+    base = (_read_json(path) or {}).get("base")
+    try:
+        return ModelFamily(base) if base is not None else None
+    except ValueError:
+        logger.warning("Ignoring %s: unknown base %r", path, base)
+        return None
+
+
+def _safetensors_header(path: Path) -> dict[str, Any] | None:
+    """The JSON header of a safetensors file (tensor names to dtype/shape/offsets), without reading tensors."""
+    try:
+        with path.open("rb") as file:
+            (length,) = struct.unpack("<Q", file.read(8))
+            if length > _SAFETENSORS_HEADER_MAX:
+                return None
+            header = json.loads(file.read(length))
+    except (OSError, ValueError, struct.error):
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def _lora_family(header: dict[str, Any]) -> ModelFamily:
+    """SDXL when it patches the second text encoder; else by the cross-attention width; else sd-1."""
+    names = [name for name in header if name != "__metadata__"]
+    if any("text_encoder_2" in name or "lora_te2" in name or name.startswith(("te2.", "te2_")) for name in names):
+        return ModelFamily.SDXL
+    for name in names:
+        if "attn2" in name and "to_k" in name and ("lora_down" in name or "lora_A" in name or "lora.down" in name):
+            shape = header[name].get("shape") if isinstance(header[name], dict) else None
+            if isinstance(shape, list) and len(shape) == 2 and shape[1] in _CONTEXT_DIMS:
+                return _CONTEXT_DIMS[shape[1]]
+    return ModelFamily.SD1
 
 
 def _spec_for(entry: Path) -> ModelSpec | None:

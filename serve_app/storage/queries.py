@@ -38,6 +38,8 @@ class Queries:
     delete_job_images: LiteralString
     delete_job: LiteralString
     get_image: LiteralString
+    lock_running_attempt: LiteralString
+    insert_generated_image: LiteralString
 
 
 def parse(text: str) -> dict[str, LiteralString]:

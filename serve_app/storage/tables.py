@@ -101,11 +101,35 @@ class EventOverflowRow(SQLModel, table=True):
     created_at: datetime = _timestamp(nullable=False)
 
 
+class BoardRow(SQLModel, table=True):
+    """An InvokeAI board; an image is on at most one (images.board_id)."""
+
+    __tablename__ = "boards"
+    __table_args__ = (sa.Index("boards_owner_created_idx", "owner", "created_at"),)
+
+    board_id: str = Field(sa_column=sa.Column(sa.Text(), primary_key=True))
+    board_name: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
+    created_at: datetime = _timestamp(nullable=False)
+    updated_at: datetime = _timestamp(nullable=False)
+    deleted_at: datetime | None = _timestamp(nullable=True)
+    archived: bool = Field(sa_column=sa.Column(sa.Boolean(), nullable=False, server_default=sa.false()))
+    is_private: bool = Field(sa_column=sa.Column(sa.Boolean(), nullable=False, server_default=sa.false()))
+    owner: str = Field(sa_column=sa.Column(sa.Text(), nullable=False, server_default="admin"))
+
+
 class ImageRow(SQLModel, table=True):
     """One generated (or uploaded) image; the bytes live in object storage under storage_key."""
 
     __tablename__ = "images"
-    __table_args__ = (sa.Index("images_job_idx", "job_id"),)
+    __table_args__ = (
+        sa.Index("images_job_idx", "job_id"),
+        sa.CheckConstraint("origin IN ('internal', 'external')", name="images_origin_check"),
+        sa.CheckConstraint("category IN ('general', 'mask', 'control', 'user', 'other')", name="images_category_check"),
+        sa.Index("images_board_created_idx", "board_id", "created_at"),
+        sa.Index("images_category_created_idx", "category", "is_intermediate", "created_at"),
+        sa.Index("images_starred_created_idx", "starred", "created_at"),
+        sa.Index("images_intermediate_idx", "created_at", postgresql_where=sa.text("is_intermediate")),
+    )
 
     name: str = Field(sa_column=sa.Column(sa.Text(), primary_key=True))
     # The repository deletes a job's image rows itself (it must return them so their objects can
@@ -127,3 +151,15 @@ class ImageRow(SQLModel, table=True):
     thumbnail_key: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
     created_at: datetime = _timestamp(nullable=False)
     updated_at: datetime = _timestamp(nullable=False)
+    # InvokeAI's image record (migration 0002).
+    origin: str = Field(sa_column=sa.Column(sa.Text(), nullable=False, server_default="internal"))
+    board_id: str | None = Field(
+        default=None,
+        sa_column=sa.Column(sa.Text(), sa.ForeignKey("boards.board_id", ondelete="SET NULL"), nullable=True),
+    )
+    starred: bool = Field(sa_column=sa.Column(sa.Boolean(), nullable=False, server_default=sa.false()))
+    session_id: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    node_id: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    has_workflow: bool = Field(sa_column=sa.Column(sa.Boolean(), nullable=False, server_default=sa.false()))
+    owner: str = Field(sa_column=sa.Column(sa.Text(), nullable=False, server_default="admin"))
+    deleted_at: datetime | None = _timestamp(nullable=True)

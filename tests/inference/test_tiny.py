@@ -124,7 +124,7 @@ def test_ensure_demo_models_builds_once(tmp_path: Path) -> None:
     assert first == second == [tmp_path / name for name in DEMO_MODELS]
     assert {path: (path.stat().st_ino, (path / "model_index.json").stat().st_mtime_ns) for path in second} == stamps
     # Nothing half-written or left over next to the models.
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(DEMO_MODELS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*DEMO_MODELS, "loras", "vae"])
 
 
 def test_racing_builders_leave_complete_models(tmp_path: Path) -> None:
@@ -132,7 +132,7 @@ def test_racing_builders_leave_complete_models(tmp_path: Path) -> None:
         results = list(pool.map(ensure_demo_models, [tmp_path, tmp_path]))
 
     assert results[0] == results[1]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(DEMO_MODELS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*DEMO_MODELS, "loras", "vae"])
     for path in results[0]:
         assert (path / "unet" / "diffusion_pytorch_model.safetensors").is_file()
 

@@ -5,18 +5,23 @@ Tests in this module share one running stack and run in file order; the last one
 
 from __future__ import annotations
 
+import asyncio
 import io
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from typing import Any
 
 import asyncpg
 import httpx
 import psutil
 import pytest
+import socketio
 from PIL import Image
+
+from tests.support.invokeai_graphs import enqueue_body, sd1_txt2img
 
 pytestmark = [pytest.mark.serving, pytest.mark.timeout(600)]
 
@@ -75,6 +80,46 @@ def test_ready_and_discoverable(stack):
     assert body["data"]["status"] in ("ready", "busy")
     assert httpx.get(f"{stack.url}/api/v1/app/version").json()["version"] == "6.8.1"
     assert httpx.get(f"{stack.url}/docs").status_code == 200
+
+
+async def test_an_invokeai_script_runs_unchanged_through_ray_serve(stack):
+    """Build the UI graph, enqueue, follow the Socket.IO events (through Serve's proxy), poll, download."""
+    models = httpx.get(f"{stack.url}/api/v2/models/", params={"model_type": "main"}, timeout=30).json()["models"]
+    model = next(m for m in models if m["name"] == "demo-sd15")
+    graph, ids = sd1_txt2img(
+        {key: model[key] for key in ("key", "hash", "name", "base", "type")}, width=64, height=64, steps=2
+    )
+    client = socketio.AsyncClient(reconnection=False)
+    events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    async def on_any(event: str, data: Any = None) -> None:
+        events.put_nowait((event, data))
+
+    client.on("*", on_any)
+    await client.connect(stack.url, socketio_path="/ws/socket.io", transports=["websocket"], wait_timeout=30)
+    try:
+        await client.call("subscribe_queue", {"queue_id": "default"}, timeout=30)
+        async with httpx.AsyncClient(base_url=stack.url, timeout=30) as http:
+            response = await http.post(
+                "/api/v1/queue/default/enqueue_batch", json=enqueue_body(graph, seeds=[1, 2], prompts=["a cat"])
+            )
+            assert response.status_code == 200, response.text
+            item_ids = sorted(response.json()["item_ids"])
+            completed: set[int] = set()
+            async with asyncio.timeout(120):
+                while completed != set(item_ids):
+                    event, data = await events.get()
+                    if event == "queue_item_status_changed" and data["status"] == "completed":
+                        completed.add(data["item_id"])
+            for item_id in item_ids:
+                item = (await http.get(f"/api/v1/queue/default/i/{item_id}")).json()
+                [prepared] = item["session"]["source_prepared_mapping"][ids.output]
+                name = item["session"]["results"][prepared]["image"]["image_name"]
+                full = await http.get(f"/api/v1/images/i/{name}/full")
+                assert full.status_code == 200
+                assert Image.open(io.BytesIO(full.content)).size == (64, 64)
+    finally:
+        await client.disconnect()
 
 
 def test_invoke_poll_png_of_requested_size_and_deterministic(stack):

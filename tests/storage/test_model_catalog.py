@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
 from serve_app.domain.errors import ModelNotFound
-from serve_app.domain.models import ModelFamily, ModelFormat
+from serve_app.domain.models import ModelFamily, ModelFormat, ModelType
 from serve_app.storage.model_catalog import DirectoryModelCatalog
 
 
@@ -122,3 +123,96 @@ def test_missing_models_dir_is_empty(tmp_path: Path) -> None:
     assert catalog.list() == []
     with pytest.raises(ModelNotFound):
         catalog.resolve(None)
+
+
+# LoRAs (loras/<name>.safetensors) and VAEs (vae/<name>/): built here from a few tiny tensors and a config.
+
+
+def write_lora(path: Path, keys: Mapping[str, tuple[int, ...]]) -> Path:
+    """A safetensors file with LoRA-style tensor names (zeros of the given shapes)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({name: np.zeros(shape, dtype=np.float16) for name, shape in keys.items()}, str(path))
+    return path
+
+
+SD1_LORA_KEYS = {
+    "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": (4, 32),
+    "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": (32, 4),
+    "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": (4, 32),
+}
+SDXL_LORA_KEYS = {**SD1_LORA_KEYS, "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": (4, 32)}
+
+
+def write_vae(folder: Path, *, scaling_factor: float = 0.18215, base: str | None = None) -> Path:
+    """A diffusers AutoencoderKL folder (config and a small weights file), with an optional sidecar."""
+    folder.mkdir(parents=True)
+    config = {"_class_name": "AutoencoderKL", "latent_channels": 4, "scaling_factor": scaling_factor}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00" * 100)
+    if base is not None:
+        (folder / "serve_app.json").write_text(json.dumps({"base": base}))
+    return folder
+
+
+@pytest.fixture
+def addons_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "models"
+    _diffusers(root / "demo-sd15", "StableDiffusionPipeline")
+    write_lora(root / "loras" / "ink.safetensors", SD1_LORA_KEYS)
+    write_lora(root / "loras" / "ink-xl.safetensors", SDXL_LORA_KEYS)
+    # Only a cross-attention width to go by: 2048 is SDXL's.
+    write_lora(root / "loras" / "wide.safetensors", {"unet.up.attn2.to_k.lora_A.weight": (4, 2048)})
+    (root / "loras" / "garbage.safetensors").write_bytes(b"\xff" * 20)
+    (root / "loras" / "readme.txt").write_text("not a LoRA")
+    write_vae(root / "vae" / "plain")
+    write_vae(root / "vae" / "xl-by-scale", scaling_factor=0.13025)
+    write_vae(root / "vae" / "xl-by-sidecar", base="sdxl")
+    (root / "vae" / "not-a-vae").mkdir()
+    (root / "vae" / "not-a-vae" / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
+    return root
+
+
+def test_finds_loras_and_vaes_with_their_bases(addons_dir: Path) -> None:
+    catalog = DirectoryModelCatalog(addons_dir, "demo-sd15")
+    found = {(spec.name, spec.type): (spec.family, spec.format) for spec in catalog.list()}
+    assert found == {
+        ("demo-sd15", ModelType.MAIN): (ModelFamily.SD1, ModelFormat.DIFFUSERS),
+        ("ink", ModelType.LORA): (ModelFamily.SD1, ModelFormat.LYCORIS),
+        ("ink-xl", ModelType.LORA): (ModelFamily.SDXL, ModelFormat.LYCORIS),
+        ("wide", ModelType.LORA): (ModelFamily.SDXL, ModelFormat.LYCORIS),
+        ("plain", ModelType.VAE): (ModelFamily.SD1, ModelFormat.DIFFUSERS),
+        ("xl-by-scale", ModelType.VAE): (ModelFamily.SDXL, ModelFormat.DIFFUSERS),
+        ("xl-by-sidecar", ModelType.VAE): (ModelFamily.SDXL, ModelFormat.DIFFUSERS),
+    }
+    names = [spec.name for spec in catalog.list()]
+    assert names == sorted(names)
+    assert catalog.get(DirectoryModelCatalog(addons_dir, "x").resolve("demo-sd15").key).name == "demo-sd15"
+
+
+def test_get_by_key_and_paths(addons_dir: Path) -> None:
+    catalog = DirectoryModelCatalog(addons_dir, "demo-sd15")
+    for spec in catalog.list():
+        assert catalog.get(spec.key) == spec
+    lora = next(spec for spec in catalog.list() if spec.name == "ink")
+    assert lora.path == str(addons_dir / "loras" / "ink.safetensors")
+    with pytest.raises(ModelNotFound):
+        catalog.get("no-such-key")
+
+
+def test_loras_and_vaes_are_not_resolved_as_main_models(addons_dir: Path) -> None:
+    catalog = DirectoryModelCatalog(addons_dir, "demo-sd15")
+    for name in ("ink", "plain", "loras", "vae"):
+        with pytest.raises(ModelNotFound):
+            catalog.resolve(name)
+
+
+def test_get_rescans_for_an_unknown_key(addons_dir: Path) -> None:
+    catalog = DirectoryModelCatalog(addons_dir, "demo-sd15")
+    assert len(catalog.list()) == 7
+    write_lora(addons_dir / "loras" / "late.safetensors", SD1_LORA_KEYS)
+    late = DirectoryModelCatalog(addons_dir, "demo-sd15").list()
+    key = next(spec.key for spec in late if spec.name == "late")
+    assert catalog.get(key).type is ModelType.LORA

@@ -98,3 +98,37 @@ class DenoiseMaskField(_Field):
 
 
 MetadataField = dict[str, Any]
+
+
+class _AdapterField(_Field):
+    # Accepted so canvas graphs that carry adapters parse; keep every key for whoever implements them.
+    model_config = ConfigDict(extra="allow")
+
+
+class ControlField(_AdapterField):
+    image: ImageField
+    control_model: ModelIdentifierField
+    control_weight: float | list[float] = 1.0
+    begin_step_percent: float = 0.0
+    end_step_percent: float = 1.0
+    control_mode: str = "balanced"
+    resize_mode: str = "just_resize"
+
+
+class IPAdapterField(_AdapterField):
+    image: ImageField | list[ImageField]
+    ip_adapter_model: ModelIdentifierField
+    image_encoder_model: ModelIdentifierField
+    weight: float | list[float] = 1.0
+    begin_step_percent: float = 0.0
+    end_step_percent: float = 1.0
+    mask: TensorField | None = None
+
+
+class T2IAdapterField(_AdapterField):
+    image: ImageField
+    t2i_adapter_model: ModelIdentifierField
+    weight: float | list[float] = 1.0
+    begin_step_percent: float = 0.0
+    end_step_percent: float = 1.0
+    resize_mode: str = "just_resize"

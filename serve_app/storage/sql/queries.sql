@@ -27,12 +27,16 @@ SELECT count(*) FROM jobs WHERE status = 'pending';
 
 -- name: insert_jobs
 -- Insert a whole submission in one statement; ORDER BY the ordinality so item_id follows submission order.
-INSERT INTO jobs (id, queue_id, batch_id, origin, destination, priority, request, owner, max_attempts)
+INSERT INTO jobs (id, queue_id, batch_id, origin, destination, priority, request, owner, max_attempts,
+                  session_id, field_values, workflow, retried_from_item_id)
 SELECT new.id, new.queue_id, new.batch_id, new.origin, new.destination, new.priority,
-       new.request::jsonb, new.owner, new.max_attempts
+       new.request::jsonb, new.owner, new.max_attempts,
+       new.session_id, new.field_values::jsonb, new.workflow::jsonb, new.retried_from_item_id
 FROM unnest(
-    $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[], $8::text[], $9::int[]
-) WITH ORDINALITY AS new (id, queue_id, batch_id, origin, destination, priority, request, owner, max_attempts, n)
+    $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[], $8::text[], $9::int[],
+    $10::text[], $11::text[], $12::text[], $13::bigint[]
+) WITH ORDINALITY AS new (id, queue_id, batch_id, origin, destination, priority, request, owner, max_attempts,
+                          session_id, field_values, workflow, retried_from_item_id, n)
 ORDER BY new.n
 RETURNING *;
 
@@ -70,6 +74,8 @@ picked AS (
     SELECT id
     FROM jobs
     WHERE status = 'pending'
+      -- The processor switch (InvokeAI's pause): a paused queue hands out nothing new.
+      AND NOT EXISTS (SELECT 1 FROM queue_processor WHERE paused)
     ORDER BY priority DESC, item_id
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -85,9 +91,9 @@ claimed AS (
         progress_total = NULL,
         updated_at = now()
     WHERE id IN (SELECT id FROM picked)
-    RETURNING id, attempts, request, priority, item_id
+    RETURNING id, attempts, request, priority, item_id, queue_id, batch_id, origin, destination, session_id, owner
 )
-SELECT id, attempts AS attempt, request
+SELECT id, attempts AS attempt, request, item_id, queue_id, batch_id, origin, destination, session_id, owner
 FROM claimed
 ORDER BY priority DESC, item_id;
 
@@ -107,9 +113,11 @@ WHERE id = $1 AND attempts = $2 AND status = 'in_progress'
 RETURNING true;
 
 -- name: complete_job
--- Mark attempt $2 of job $1 completed (image rows are written in the same transaction).
+-- Mark attempt $2 of job $1 completed with executed session $3 (NULL keeps the column as it is);
+-- image rows are written in the same transaction.
 UPDATE jobs
 SET status = 'completed',
+    session = coalesce($3::jsonb, session),
     progress_step = progress_total,
     lease_expires_at = NULL,
     error_type = NULL,
@@ -135,9 +143,10 @@ SET job_id = EXCLUDED.job_id,
     updated_at = now();
 
 -- name: fail_job
--- Mark attempt $2 of job $1 failed with error ($3 type, $4 message, $5 traceback).
+-- Mark attempt $2 of job $1 failed with error ($3 type, $4 message, $5 traceback) and session $6 (NULL: keep).
 UPDATE jobs
 SET status = 'failed',
+    session = coalesce($6::jsonb, session),
     error_type = $3,
     error_message = $4,
     error_traceback = $5,
@@ -217,3 +226,16 @@ DELETE FROM jobs WHERE id = $1 RETURNING id;
 -- name: get_image
 -- One image row by name.
 SELECT * FROM images WHERE name = $1;
+
+-- name: lock_running_attempt
+-- Lock job $1 if attempt $2 is the running one (the fence for writes outside the jobs row).
+SELECT true FROM jobs WHERE id = $1 AND attempts = $2 AND status = 'in_progress' FOR UPDATE;
+
+-- name: insert_generated_image
+-- An image a graph node produced (origin internal). A board deleted meanwhile leaves it without a board;
+-- a name already stored (a retried attempt) is kept as it is.
+INSERT INTO images (name, job_id, position, width, height, category, is_intermediate, metadata, storage_key,
+                    thumbnail_key, origin, board_id, session_id, node_id, has_workflow, owner)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'internal',
+        (SELECT board_id FROM boards WHERE board_id = $11), $12, $13, $14, $15)
+ON CONFLICT (name) DO NOTHING;

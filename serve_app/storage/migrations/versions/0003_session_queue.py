@@ -1,4 +1,4 @@
-"""InvokeAI's session queue on the jobs table: sessions, batch field values, retries, processor pause, event overflow."""
+"""InvokeAI's session queue on the jobs table: sessions, batch values, retries, processor pause, event overflow."""
 
 from __future__ import annotations
 
@@ -19,9 +19,7 @@ def upgrade() -> None:
     op.add_column("jobs", sa.Column("field_values", JSONB(), nullable=True))
     op.add_column("jobs", sa.Column("workflow", JSONB(), nullable=True))
     op.add_column("jobs", sa.Column("retried_from_item_id", sa.BigInteger(), nullable=True))
-    op.add_column(
-        "jobs", sa.Column("is_api_validation_run", sa.Boolean(), nullable=False, server_default=sa.false())
-    )
+    op.add_column("jobs", sa.Column("is_api_validation_run", sa.Boolean(), nullable=False, server_default=sa.false()))
     op.add_column("jobs", sa.Column("published_workflow_id", sa.Text(), nullable=True))
     op.create_index("jobs_queue_status_idx", "jobs", ["queue_id", "status"])
     op.create_index("jobs_queue_destination_idx", "jobs", ["queue_id", "destination"])

@@ -1,0 +1,192 @@
+"""NodeContext: what a node implementation may use while a graph runs on the diffusion thread.
+
+Models resolve by key through the catalog and load through the pipeline cache; tensors passed
+between nodes live here by name for one session; images go to object storage (async, reached
+from this thread via the event loop) and are reported as GeneratedImage rows with the node's
+completion event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import torch
+from PIL import Image
+
+from serve_app.domain.errors import JobCanceled
+from serve_app.domain.graph.fields import ImageField, ModelIdentifierField
+from serve_app.domain.images import GeneratedImage, ImageCategory, image_key, thumbnail_key
+from serve_app.domain.jobs import ClaimedJob
+from serve_app.domain.models import ModelSpec
+from serve_app.domain.ports import ModelCatalog, NodeEvent, ObjectStore
+from serve_app.inference.encoding import encode_png, encode_thumbnail
+from serve_app.inference.loading import PipelineCache
+from serve_app.inference.nodes import ModelComponents
+
+_T = TypeVar("_T")
+
+# The progress preview is at latent resolution; JPEG keeps the event well under NOTIFY's payload cap.
+_PREVIEW_QUALITY = 70
+
+
+class NodeContext:
+    def __init__(
+        self,
+        *,
+        job: ClaimedJob,
+        graph: dict[str, Any],
+        cache: PipelineCache,
+        catalog: ModelCatalog,
+        store: ObjectStore,
+        loop: asyncio.AbstractEventLoop,
+        device: torch.device | str,
+        dtype: torch.dtype,
+        should_stop: Callable[[], bool],
+        emit: Callable[[NodeEvent], None],
+        progress_interval: float = 0.0,
+        components: ModelComponents | None = None,
+    ) -> None:
+        self.job = job
+        self.graph = graph
+        self.cache = cache
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.should_stop = should_stop
+        # UNet/text encoders/VAE/LoRAs of cached models; pass the runner's so VAE and LoRA caches outlive a session.
+        self.components = components or ModelComponents(cache, device=self.device, dtype=dtype)
+        self._catalog = catalog
+        self._store = store
+        self._loop = loop
+        self._emit = emit
+        self._progress_interval = progress_interval
+        self._last_progress = float("-inf")
+        self._tensors: dict[str, Any] = {}
+        self._images: list[GeneratedImage] = []
+        self._node: Any = None
+        self._source_id = ""
+
+    @property
+    def session_id(self) -> str:
+        return self.job.session_id or str(self.job.id)
+
+    # -- nodes ----------------------------------------------------------------------------
+
+    def begin_node(self, node: Any, source_id: str) -> None:
+        self._node = node
+        self._source_id = source_id
+        self._last_progress = float("-inf")
+
+    def take_images(self) -> list[GeneratedImage]:
+        images, self._images = self._images, []
+        return images
+
+    # -- models ---------------------------------------------------------------------------
+
+    def model(self, identifier: ModelIdentifierField) -> ModelSpec:
+        """The model a graph names by key; ModelNotFound if this deployment has none with that key."""
+        return self._catalog.get(identifier.key)
+
+    def pipeline(self, identifier: ModelIdentifierField) -> Any:
+        """The loaded pipeline of a main model (components are shared, never copied)."""
+        return self.cache.get(self.model(identifier), device=self.device, dtype=self.dtype)
+
+    # -- tensors --------------------------------------------------------------------------
+
+    def put(self, value: Any, kind: str) -> str:
+        name = f"{kind}_{uuid.uuid4()}"
+        self._tensors[name] = value
+        return name
+
+    def get(self, name: str) -> Any:
+        try:
+            return self._tensors[name]
+        except KeyError:
+            raise KeyError(f"No {name} in this session (tensors live only for the session that made them)") from None
+
+    # -- images ---------------------------------------------------------------------------
+
+    def load_image(self, field: ImageField) -> Image.Image:
+        data = self._run(self._store.get(image_key(field.image_name)))
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        return image
+
+    def save_image(
+        self,
+        image: Image.Image,
+        *,
+        metadata: dict[str, Any] | None,
+        board_id: str | None,
+        is_intermediate: bool,
+        category: ImageCategory = ImageCategory.GENERAL,
+    ) -> ImageField:
+        """Store a node's output image (PNG with InvokeAI's text chunks, plus its WebP thumbnail)."""
+        name = f"{uuid.uuid4()}.png"
+        text = {"invokeai_graph": json.dumps(self.graph)}
+        if metadata is not None:
+            text["invokeai_metadata"] = json.dumps(metadata)
+        png, thumb = encode_png(image, text), encode_thumbnail(image)
+        key, thumb_key = image_key(name), thumbnail_key(name)
+        self._run(self._store.put(key, png, "image/png"))
+        self._run(self._store.put(thumb_key, thumb, "image/webp"))
+        self._images.append(
+            GeneratedImage(
+                name=name,
+                width=image.width,
+                height=image.height,
+                position=len(self._images),
+                storage_key=key,
+                thumbnail_key=thumb_key,
+                metadata=metadata or {},
+                session_id=self.session_id,
+                node_id=None if self._node is None else self._node.id,
+                board_id=board_id,
+                is_intermediate=is_intermediate,
+                category=category,
+                has_workflow=False,
+                owner=self.job.owner,
+                job_id=self.job.id,
+            )
+        )
+        return ImageField(image_name=name)
+
+    # -- progress -------------------------------------------------------------------------
+
+    def progress(
+        self, step: int, total: int, *, preview: Image.Image | None = None, message: str = "Denoising"
+    ) -> None:
+        """Report a step (throttled, the last always) and stop here if the item was canceled."""
+        now = time.monotonic()
+        if step >= total or now - self._last_progress >= self._progress_interval:
+            self._last_progress = now
+            self._emit(
+                NodeEvent(
+                    kind="progress",
+                    invocation=self._node.model_dump(mode="json"),
+                    source_node_id=self._source_id,
+                    message=message,
+                    percentage=step / total if total else None,
+                    image=None if preview is None else _preview_json(preview),
+                    step=step,
+                    total=total,
+                )
+            )
+        if self.should_stop():
+            raise JobCanceled()
+
+    def _run(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+
+def _preview_json(image: Image.Image) -> dict[str, Any]:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=_PREVIEW_QUALITY)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return {"width": image.width, "height": image.height, "dataURL": f"data:image/jpeg;base64,{data}"}

@@ -1,0 +1,1 @@
+"""InvokeAI web-UI graphs run end to end through the InProcessExecutor's GraphRunner on the demo models."""
