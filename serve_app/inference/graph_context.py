@@ -69,6 +69,7 @@ class NodeContext:
         self._last_progress = float("-inf")
         self._tensors: dict[str, Any] = {}
         self._images: list[GeneratedImage] = []
+        self._images_saved = 0  # across nodes: an image's position in its session
         self._node: Any = None
         self._source_id = ""
 
@@ -141,7 +142,7 @@ class NodeContext:
                 name=name,
                 width=image.width,
                 height=image.height,
-                position=len(self._images),
+                position=self._images_saved,
                 storage_key=key,
                 thumbnail_key=thumb_key,
                 metadata=metadata or {},
@@ -155,6 +156,7 @@ class NodeContext:
                 job_id=self.job.id,
             )
         )
+        self._images_saved += 1
         return ImageField(image_name=name)
 
     # -- progress -------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from serve_app.domain.generation import GenerationRequest
 from serve_app.domain.images import ImageRecord
 from serve_app.domain.jobs import ClaimedJob, Job, JobStatus, Progress
 from serve_app.domain.models import ModelSpec
-from serve_app.domain.ports import ExecutionEvent, ExecutionResult
+from serve_app.domain.ports import ExecutionEvent, ExecutionResult, NodeEvent
 
 
 class RayDiffusionExecutor:
@@ -31,6 +31,8 @@ class RayDiffusionExecutor:
                 kind = item.pop("type")
                 if kind == "progress":
                     yield Progress.model_validate(item)
+                elif kind == "node":
+                    yield NodeEvent.model_validate(item)
                 elif kind == "result":
                     yield ExecutionResult.model_validate(item)
                     return

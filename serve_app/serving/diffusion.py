@@ -11,6 +11,7 @@ from ray import serve
 
 from serve_app.domain.errors import GenerationFailed
 from serve_app.domain.jobs import ClaimedJob, Progress
+from serve_app.domain.ports import NodeEvent
 from serve_app.serving.args import DiffusionArgs
 from serve_app.serving.wiring import build_catalog, build_store
 
@@ -44,12 +45,14 @@ class DiffusionReplica:
         log.info("Diffusion replica ready on %s (%s)", device, dtype)
 
     async def run(self, job: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
-        """Stream {"type": "progress"|"result"|"error", ...} for one claimed job."""
+        """Stream {"type": "progress"|"node"|"result"|"error", ...} for one claimed job."""
         claimed = ClaimedJob.model_validate(job)
         try:
             async for event in self._executor.execute(claimed):
                 if isinstance(event, Progress):
                     yield {"type": "progress", **event.model_dump()}
+                elif isinstance(event, NodeEvent):
+                    yield {"type": "node", **event.model_dump(mode="json")}
                 else:
                     yield {"type": "result", **event.model_dump(mode="json")}
         except GenerationFailed as exc:
