@@ -27,6 +27,17 @@ def random_seed() -> int:
     return secrets.randbelow(2**32)
 
 
+# Enfugue's scheduler keys as the InvokeAI names of the same diffusers class and config (one engine,
+# one scheduler table: serve_app.inference.schedulers holds both vocabularies).
+ENFUGUE_TO_INVOKEAI_SCHEDULER: dict[str, str] = {
+    "ddim": "ddim", "ddpm": "ddpm", "deis": "deis", "dpmsm": "dpmpp_2m", "dpmsms": "dpmpp_2m_sde",
+    "dpmsmk": "dpmpp_2m_k", "dpmsmka": "dpmpp_2m_sde_k", "dpmss": "dpmpp_2s", "dpmssk": "dpmpp_2s_k",
+    "heun": "heun", "dpmd": "kdpm_2", "dpmdk": "kdpm_2_k", "adpmd": "kdpm_2_a", "adpmdk": "kdpm_2_a_k",
+    "dpmsde": "dpmpp_sde", "unipc": "unipc", "lmsd": "lms", "lmsdk": "lms_k", "pndm": "pndm",
+    "eds": "euler", "edsk": "euler_k", "eads": "euler_a", "lcm": "lcm",
+}  # fmt: skip
+
+
 class GenerationRequest(BaseModel):
     """Text to image: what the Diffusion replica needs, stored as the job's request JSON."""
 

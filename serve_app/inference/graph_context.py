@@ -22,7 +22,7 @@ from PIL import Image
 
 from serve_app.domain.errors import JobCanceled
 from serve_app.domain.graph.fields import ImageField, ModelIdentifierField
-from serve_app.domain.images import GeneratedImage, ImageCategory, image_key, thumbnail_key
+from serve_app.domain.images import GeneratedImage, ImageCategory, image_key, image_name, thumbnail_key
 from serve_app.domain.jobs import ClaimedJob
 from serve_app.domain.models import ModelSpec
 from serve_app.domain.ports import ModelCatalog, NodeEvent, ObjectStore
@@ -129,10 +129,16 @@ class NodeContext:
         category: ImageCategory = ImageCategory.GENERAL,
     ) -> ImageField:
         """Store a node's output image (PNG with InvokeAI's text chunks, plus its WebP thumbnail)."""
-        name = f"{uuid.uuid4()}.png"
+        # Per job and position: a retried attempt writes the same names instead of new ones, and Enfugue's
+        # `<uuid>_<i>.png` convention holds for its jobs.
+        name = image_name(self.job.id, self._images_saved)
         text = {"invokeai_graph": json.dumps(self.graph)}
         if metadata is not None:
             text["invokeai_metadata"] = json.dumps(metadata)
+        enfugue = self.job.request.get("enfugue")
+        if isinstance(enfugue, dict):
+            # Enfugue clients read their parameters back from here, with this image's own seed.
+            text["serve_app_metadata"] = json.dumps({**enfugue, "seed": enfugue["seed"] + self._images_saved})
         png, thumb = encode_png(image, text), encode_thumbnail(image)
         key, thumb_key = image_key(name), thumbnail_key(name)
         self._run(self._store.put(key, png, "image/png"))

@@ -11,6 +11,8 @@ from serve_app.domain.images import ImageRecord, object_keys
 from serve_app.domain.jobs import Job, JobStatus, NewJob
 from serve_app.domain.models import ModelSpec
 from serve_app.domain.ports import JobRepository, ModelCatalog, ObjectStore
+from serve_app.services.generation_graphs import txt2img_graph
+from serve_app.services.session_queue import graph_request
 
 
 class JobGateway(Protocol):
@@ -83,14 +85,18 @@ class JobService:
             }
         )
         self._limits.check(request)
+        # The graph engine runs it, as it runs InvokeAI's graphs; the Enfugue parameters stay alongside.
+        job_request = {**graph_request(txt2img_graph(request, spec)), "enfugue": request.to_json()}
         jobs = await self._repo.enqueue(
             [
                 NewJob(
-                    request=request.to_json(),
+                    request=job_request,
                     owner=owner,
                     queue_id=queue_id,
                     priority=priority,
                     max_attempts=self._max_attempts,
+                    session_id=str(uuid.uuid4()),
+                    origin="enfugue",
                 )
             ],
             max_waiting=self._limits.max_waiting_jobs,

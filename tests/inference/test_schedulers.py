@@ -104,3 +104,18 @@ def test_an_unknown_name_is_an_invalid_request() -> None:
         make_scheduler("warp", base.config, type(base))
 
     assert raised.value.field == "scheduler"
+
+
+def test_enfugue_keys_map_to_the_invokeai_names_of_the_same_scheduler():
+    from serve_app.domain.generation import ENFUGUE_TO_INVOKEAI_SCHEDULER, SCHEDULER_NAMES
+    from serve_app.inference.schedulers import ALL_SCHEDULERS
+
+    assert set(ENFUGUE_TO_INVOKEAI_SCHEDULER) == SCHEDULER_NAMES
+    for enfugue, invokeai in ENFUGUE_TO_INVOKEAI_SCHEDULER.items():
+        ours, theirs = ALL_SCHEDULERS[enfugue], ALL_SCHEDULERS[invokeai]
+        assert ours.cls is theirs.cls, enfugue
+        # InvokeAI's plain names spell out "no Karras sigmas", the class default Enfugue's keys rely on.
+        assert {**ours.extra, "use_karras_sigmas": ours.extra.get("use_karras_sigmas", False)} == {
+            **theirs.extra,
+            "use_karras_sigmas": theirs.extra.get("use_karras_sigmas", False),
+        }, enfugue
