@@ -215,3 +215,19 @@ async def test_a_socketio_client_receives_the_full_event_sequence_for_one_item(i
     final = events[-1][1]
     assert final["item_id"] == item_id and final["queue_status"]["completed"] == 1
     assert final["batch_status"]["completed"] == 1
+
+
+async def test_canceling_a_pending_item_never_touches_the_running_one(invokeai):
+    graph, _ = sd1_txt2img(invokeai.models["demo-sd15"], width=64, height=64, steps=40)
+    [running_id] = (await invokeai.http.post(f"{Q}/enqueue_batch", json=enqueue_body(graph, [1], ["x"]))).json()[
+        "item_ids"
+    ]
+    await invokeai.wait_item(running_id, "in_progress")
+    # Paused, the processor finishes what runs and takes nothing new: the next item stays pending.
+    await invokeai.http.put(f"{Q}/processor/pause")
+    [pending_id] = (await invokeai.http.post(f"{Q}/enqueue_batch", json=enqueue_body(graph, [2], ["x"]))).json()[
+        "item_ids"
+    ]
+    canceled = (await invokeai.http.put(f"{Q}/i/{pending_id}/cancel")).json()
+    assert canceled["status"] == "canceled" and "started_at" not in {k for k, v in canceled.items() if v}
+    assert (await invokeai.wait_item(running_id))["status"] == "completed"
