@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
-from pathlib import Path
 from typing import Any, cast
 
 import httpx
@@ -14,18 +12,11 @@ import pytest
 from serve_app.api.app import create_app
 from serve_app.api.deps import ApiContext
 from tests.api.invokeai.gallery_support import upload
+from tests.support.golden import golden_body
 
 pytestmark = pytest.mark.timeout(60)
 
-GOLDEN = Path(__file__).resolve().parents[3].parent / "shared" / "reference" / "invokeai-golden"
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}$")
-
-
-def golden_body(name: str) -> Any:
-    path = GOLDEN / name
-    if not path.is_file():
-        pytest.skip(f"golden file {name} is not available")
-    return json.loads(path.read_text())["body"]
 
 
 async def create_board(client: httpx.AsyncClient, name: str = "board", **params: Any) -> dict[str, Any]:

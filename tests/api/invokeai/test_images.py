@@ -9,7 +9,6 @@ import struct
 import uuid
 import zipfile
 import zlib
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,19 +16,12 @@ from PIL import Image
 
 from serve_app.domain.errors import ImageNotFound
 from tests.api.invokeai.gallery_support import png_bytes, upload
+from tests.support.golden import golden_body
 
 pytestmark = pytest.mark.timeout(60)
 
-GOLDEN = Path(__file__).resolve().parents[3].parent / "shared" / "reference" / "invokeai-golden"
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}$")
 UUID_PNG = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\.png$")
-
-
-def golden_body(name: str) -> Any:
-    path = GOLDEN / name
-    if not path.is_file():
-        pytest.skip(f"golden file {name} is not available")
-    return json.loads(path.read_text())["body"]
 
 
 def png_header_only(width: int, height: int) -> bytes:
