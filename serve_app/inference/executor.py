@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import threading
 import time
 import traceback
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -27,8 +26,7 @@ from serve_app.domain.ports import ExecutionEvent, ExecutionResult, ModelCatalog
 from serve_app.inference.encoding import encode_png, encode_thumbnail
 from serve_app.inference.graph_executor import GRAPH_KIND, GraphRunner
 from serve_app.inference.runner import GenerationRunner
-
-_DONE = object()
+from serve_app.inference.threaded import Finished, run_on_thread
 
 
 class InProcessExecutor:
@@ -70,34 +68,24 @@ class InProcessExecutor:
                     yield graph_event
             return
         request = _parse_request(job)
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[object] = asyncio.Queue()
-        stop = threading.Event()
         throttle = _Throttle(self._progress_interval)
 
-        def on_step(step: int, total: int) -> None:
-            if throttle.due(final=step == total):
-                loop.call_soon_threadsafe(events.put_nowait, Progress(step=step, total=total))
+        def work(emit: Callable[[Progress], None], should_stop: Callable[[], bool]) -> list[Image.Image]:
+            def on_step(step: int, total: int) -> None:
+                if throttle.due(final=step == total):
+                    emit(Progress(step=step, total=total))
 
-        def work() -> list[Image.Image]:
-            try:
-                spec = self._catalog.resolve(request.model)
-                return self._runner.run(spec, request, on_step=on_step, should_stop=stop.is_set).images
-            finally:
-                loop.call_soon_threadsafe(events.put_nowait, _DONE)
+            spec = self._catalog.resolve(request.model)
+            return self._runner.run(spec, request, on_step=on_step, should_stop=should_stop).images
 
-        future = loop.run_in_executor(self._thread, work)
-        # After a cancel nobody awaits the future; retrieve its JobCanceled so asyncio stays quiet.
-        future.add_done_callback(lambda done: done.cancelled() or done.exception())
+        images: list[Image.Image] = []
         try:
-            while (event := await events.get()) is not _DONE:
-                assert isinstance(event, Progress)
-                yield event
-            images = await future
-        except (asyncio.CancelledError, GeneratorExit):
-            # The consumer went away (cancel, or its replica stopped): stop at the next step.
-            stop.set()
-            raise
+            async with contextlib.aclosing(run_on_thread(self._thread, work)) as stream:
+                async for item in stream:
+                    if isinstance(item, Finished):
+                        images = item.value
+                    else:
+                        yield item
         except Exception as exc:
             raise _as_failure(exc) from exc
         yield ExecutionResult(images=await self._store_images(job, request, images))

@@ -8,7 +8,7 @@ scheduling onto the loop. Tensors between nodes stay in this process for the len
 from __future__ import annotations
 
 import asyncio
-import threading
+import contextlib
 import traceback
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Executor
@@ -25,8 +25,7 @@ from serve_app.inference.graph_context import NodeContext
 from serve_app.inference.invocations import IMPLEMENTATIONS
 from serve_app.inference.loading import PipelineCache
 from serve_app.inference.nodes import ModelComponents
-
-_DONE = object()
+from serve_app.inference.threaded import Finished, run_on_thread
 
 # The `kind` of a job request that carries a graph (services.session_queue.graph_request writes it).
 GRAPH_KIND = "graph"
@@ -62,44 +61,29 @@ class GraphRunner:
         except (KeyError, ValidationError) as exc:
             raise GenerationFailed(f"Unreadable graph: {exc}", error_type="InvalidGraph") from exc
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[object] = asyncio.Queue()
-        stop = threading.Event()
         execution = GraphExecution(graph, session_id=job.session_id or str(job.id))
 
-        def emit(event: NodeEvent) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, event)
+        def work(emit: Callable[[NodeEvent], None], should_stop: Callable[[], bool]) -> None:
+            context = NodeContext(
+                job=job,
+                graph=job.request["graph"],
+                cache=self._cache,
+                catalog=self._catalog,
+                store=self._store,
+                loop=loop,
+                device=self._device,
+                dtype=self._dtype,
+                should_stop=should_stop,
+                emit=emit,
+                progress_interval=self._progress_interval,
+                components=self._components,
+            )
+            _run_graph(execution, context, emit)
 
-        context = NodeContext(
-            job=job,
-            graph=job.request["graph"],
-            cache=self._cache,
-            catalog=self._catalog,
-            store=self._store,
-            loop=loop,
-            device=self._device,
-            dtype=self._dtype,
-            should_stop=stop.is_set,
-            emit=emit,
-            progress_interval=self._progress_interval,
-            components=self._components,
-        )
-
-        def work() -> None:
-            try:
-                _run_graph(execution, context, emit)
-            finally:
-                loop.call_soon_threadsafe(events.put_nowait, _DONE)
-
-        future = loop.run_in_executor(self._thread, work)
-        future.add_done_callback(lambda done: done.cancelled() or done.exception())
-        try:
-            while (event := await events.get()) is not _DONE:
-                assert isinstance(event, NodeEvent)
-                yield event
-            await future
-        except (asyncio.CancelledError, GeneratorExit):
-            stop.set()
-            raise
+        async with contextlib.aclosing(run_on_thread(self._thread, work)) as stream:
+            async for item in stream:
+                if not isinstance(item, Finished):
+                    yield item
         yield ExecutionResult(images=[], session=execution.state())
 
 
