@@ -12,13 +12,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.domain.errors import (
     Conflict,
+    Forbidden,
     InvalidRequest,
     NotFound,
+    PayloadTooLarge,
     QueueFull,
     ServeAppError,
     ServiceUnavailable,
+    UnsupportedMediaType,
 )
-from serve_app.domain.imaging import PayloadTooLarge, UnsupportedMediaType
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,8 @@ def status_for(exc: ServeAppError) -> int:
         return 413
     if isinstance(exc, InvalidRequest):
         return 400
+    if isinstance(exc, Forbidden):
+        return 403
     if isinstance(exc, NotFound):
         return 404
     if isinstance(exc, Conflict):

@@ -33,6 +33,18 @@ class InvalidRequest(ServeAppError):
         self.field = field
 
 
+class UnsupportedMediaType(InvalidRequest):
+    """The upload (an image, a model file) is not something this server can read."""
+
+
+class PayloadTooLarge(InvalidRequest):
+    """The upload has too many bytes."""
+
+
+class Forbidden(ServeAppError):
+    """The caller may not do this (a path outside the allowed roots; later: another user's data)."""
+
+
 class NotFound(ServeAppError):
     """The requested object does not exist."""
 

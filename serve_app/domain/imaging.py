@@ -12,6 +12,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
 from serve_app.domain.errors import InvalidRequest
+from serve_app.domain.errors import PayloadTooLarge as PayloadTooLarge  # re-exported: the upload errors
+from serve_app.domain.errors import UnsupportedMediaType as UnsupportedMediaType
 
 _THUMBNAIL_QUALITY = 80
 
@@ -26,14 +28,6 @@ UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 
 # Modes a PNG stores as they are; anything else (CMYK, YCbCr, I;16, F...) is converted first.
 _PNG_MODES = frozenset({"1", "L", "LA", "RGB", "RGBA", "P"})
-
-
-class UnsupportedMediaType(InvalidRequest):
-    """The upload is not an image this server can read."""
-
-
-class PayloadTooLarge(InvalidRequest):
-    """The upload has too many bytes."""
 
 
 def encode_png(image: Image.Image, text: dict[str, str]) -> bytes:

@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from serve_app.domain.models import ModelSpec
+
 
 class JobStatus(enum.StrEnum):
     """A job's status; names follow InvokeAI's queue item statuses."""
@@ -102,6 +104,8 @@ class ClaimedJob(BaseModel):
     destination: str | None = None
     session_id: str | None = None
     owner: str = "admin"
+    # The registry's models this job references, resolved when it is claimed: replicas read no registry.
+    models: dict[str, ModelSpec] = Field(default_factory=dict)
 
 
 class Progress(BaseModel):

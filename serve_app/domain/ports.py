@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
@@ -22,7 +22,9 @@ from serve_app.domain.boards import (
 )
 from serve_app.domain.images import GeneratedImage, ImageRecord, NewImage, StoredImage
 from serve_app.domain.jobs import ClaimedJob, Job, JobError, JobStatus, NewJob, Progress
-from serve_app.domain.models import ModelSpec
+from serve_app.domain.model_jobs import DownloadJob, InstallJob
+from serve_app.domain.models import ModelRecord, ModelSpec
+from serve_app.domain.presets import ModelPreset
 from serve_app.domain.session_queue import BatchStatus, ProcessorStatus, QueueStatus, StatusCounts
 
 
@@ -80,7 +82,16 @@ class ExecutionResult(BaseModel):
     session: dict[str, Any] | None = None
 
 
-ExecutionEvent = Progress | NodeEvent | ExecutionResult
+class ModelLoadEvent(BaseModel):
+    """A replica started or finished making a model's part ready (InvokeAI's `model_load_started`/`_complete`;
+    sent on every use, cache hit or not, as InvokeAI does). `key` is a key of the job's model snapshot."""
+
+    kind: Literal["started", "complete"]
+    key: str
+    submodel_type: str | None = None
+
+
+ExecutionEvent = Progress | NodeEvent | ModelLoadEvent | ExecutionResult
 
 
 class JobRepository(Protocol):
@@ -252,6 +263,151 @@ class ModelCatalog(Protocol):
 
     def get(self, key: str) -> ModelSpec:
         """Any model (main, LoRA, VAE) by its key (`ModelSpec.key`); raise ModelNotFound."""
+        ...
+
+
+class ModelRegistry(Protocol):
+    """Registered models (table `models`) and their relationships; every method is one transaction."""
+
+    async def find(
+        self,
+        *,
+        bases: Collection[str] | None = None,
+        type: str | None = None,
+        name: str | None = None,
+        format: str | None = None,
+    ) -> list[ModelRecord]:
+        """Models matching every given filter (an empty `bases` matches any), by name, base, type."""
+        ...
+
+    async def get(self, key: str) -> ModelRecord:
+        """One model; raise ModelNotFound."""
+        ...
+
+    async def get_many(self, keys: Collection[str]) -> dict[str, ModelRecord]:
+        """The models among `keys` that exist, by key."""
+        ...
+
+    async def by_path(self, path: str) -> ModelRecord | None:
+        """The model registered at this exact path, if any."""
+        ...
+
+    async def add(self, record: ModelRecord) -> ModelRecord:
+        """Insert; raise Conflict when the key, the path, or (name, base, type) is taken."""
+        ...
+
+    async def add_missing(self, records: Sequence[ModelRecord]) -> int:
+        """Insert those whose key and path are both free (a folder scan by several replicas at once); return
+        how many were inserted."""
+        ...
+
+    async def update(self, key: str, changes: Mapping[str, object]) -> ModelRecord:
+        """Set columns (ModelRecord field names); raise ModelNotFound, or Conflict on a clash."""
+        ...
+
+    async def delete(self, key: str) -> ModelRecord:
+        """Remove the row (its relationships go with it) and return it; raise ModelNotFound."""
+        ...
+
+    async def related(self, key: str) -> list[str]:
+        """Keys related to `key`, sorted."""
+        ...
+
+    async def relate(self, key_1: str, key_2: str) -> None:
+        """Add an undirected relationship; InvalidRequest for a self-relation, ModelNotFound for an unknown key,
+        Conflict when it exists."""
+        ...
+
+    async def unrelate(self, key_1: str, key_2: str) -> None:
+        """Remove it; InvalidRequest for a self-relation, NotFound when there is none."""
+        ...
+
+    async def related_to_any(self, keys: Collection[str]) -> list[str]:
+        """The union of keys related to any of `keys`, sorted."""
+        ...
+
+
+class ModelJobStore(Protocol):
+    """Install and download jobs (tables `model_install_jobs`, `download_jobs`)."""
+
+    async def create_install(self, job: InstallJob) -> InstallJob:
+        """Insert (the given `id` is ignored) and return it with its new id."""
+        ...
+
+    async def get_install(self, job_id: int) -> InstallJob:
+        """With its download parts; raise NotFound."""
+        ...
+
+    async def list_installs(self) -> list[InstallJob]:
+        """Every install job, oldest first, with download parts."""
+        ...
+
+    async def update_install(self, job_id: int, changes: Mapping[str, object]) -> InstallJob:
+        """Set fields (InstallJob field names, `source`/`config_in` as models or dicts); raise NotFound."""
+        ...
+
+    async def prune_installs(self) -> int:
+        """Delete finished installs (completed, error, cancelled); return how many."""
+        ...
+
+    async def create_download(self, job: DownloadJob) -> DownloadJob:
+        """Insert (the given `id` is ignored) and return it with its new id."""
+        ...
+
+    async def get_download(self, job_id: int) -> DownloadJob:
+        """Raise NotFound."""
+        ...
+
+    async def list_downloads(self, *, owner: str | None = None, install_job_id: int | None = None) -> list[DownloadJob]:
+        """Downloads, oldest first; `install_job_id=None` lists all of them."""
+        ...
+
+    async def update_download(self, job_id: int, changes: Mapping[str, object]) -> DownloadJob:
+        """Set fields (DownloadJob field names); raise NotFound."""
+        ...
+
+    async def prune_downloads(self) -> int:
+        """Delete finished downloads that belong to no install; return how many."""
+        ...
+
+
+class PresetStore(Protocol):
+    """Enfugue's model presets (`/api/models`), table `model_presets`."""
+
+    async def all(self) -> list[ModelPreset]:
+        """By name."""
+        ...
+
+    async def get(self, name: str) -> ModelPreset:
+        """Raise NotFound."""
+        ...
+
+    async def create(self, preset: ModelPreset) -> ModelPreset:
+        """Raise Conflict when the name is taken."""
+        ...
+
+    async def replace(self, name: str, preset: ModelPreset) -> ModelPreset:
+        """Overwrite preset `name` with `preset` (which may rename it); NotFound, or Conflict on a rename clash."""
+        ...
+
+    async def delete(self, name: str) -> None:
+        """Raise NotFound."""
+        ...
+
+
+class CacheStatsStore(Protocol):
+    """What each Diffusion replica's model cache holds (table `model_cache_stats`, one row per replica)."""
+
+    async def report(self, replica_id: str, stats: Mapping[str, object]) -> None:
+        """Upsert this replica's row (stats in InvokeAI's `CacheStats` shape), stamped now."""
+        ...
+
+    async def remove(self, replica_id: str) -> None:
+        """Drop the row of a replica that is shutting down."""
+        ...
+
+    async def live(self, max_age_s: float) -> list[dict[str, object]]:
+        """Stats of the replicas that reported within `max_age_s`."""
         ...
 
 
