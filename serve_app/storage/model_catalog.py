@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
-import struct
 from pathlib import Path
 from typing import Any
 
 from serve_app.domain.errors import ModelNotFound
 from serve_app.domain.models import ModelFamily, ModelFormat, ModelSpec, ModelType
+from serve_app.storage.model_probe import lora_family as _lora_family
+from serve_app.storage.model_probe import safetensors_header as _safetensors_header
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +27,6 @@ LORAS_DIR = "loras"
 VAES_DIR = "vae"
 # Optional per-VAE sidecar: {"base": "sdxl"}.
 SIDECAR = "serve_app.json"
-_SAFETENSORS_HEADER_MAX = 100 * 1024 * 1024
-# Cross-attention width (the text encoder's hidden size) per base, as seen in a LoRA's attn2.to_k down matrix.
-_CONTEXT_DIMS = {768: ModelFamily.SD1, 1024: ModelFamily.SD2, 2048: ModelFamily.SDXL}
 # SDXL's VAE is scaled by 0.13025, SD1/SD2's by 0.18215.
 _SDXL_VAE_SCALING = 0.13025
 
@@ -162,32 +160,6 @@ def _sidecar_family(path: Path) -> ModelFamily | None:
     except ValueError:
         logger.warning("Ignoring %s: unknown base %r", path, base)
         return None
-
-
-def _safetensors_header(path: Path) -> dict[str, Any] | None:
-    """The JSON header of a safetensors file (tensor names to dtype/shape/offsets), without reading tensors."""
-    try:
-        with path.open("rb") as file:
-            (length,) = struct.unpack("<Q", file.read(8))
-            if length > _SAFETENSORS_HEADER_MAX:
-                return None
-            header = json.loads(file.read(length))
-    except (OSError, ValueError, struct.error):
-        return None
-    return header if isinstance(header, dict) else None
-
-
-def _lora_family(header: dict[str, Any]) -> ModelFamily:
-    """SDXL when it patches the second text encoder; else by the cross-attention width; else sd-1."""
-    names = [name for name in header if name != "__metadata__"]
-    if any("text_encoder_2" in name or "lora_te2" in name or name.startswith(("te2.", "te2_")) for name in names):
-        return ModelFamily.SDXL
-    for name in names:
-        if "attn2" in name and "to_k" in name and ("lora_down" in name or "lora_A" in name or "lora.down" in name):
-            shape = header[name].get("shape") if isinstance(header[name], dict) else None
-            if isinstance(shape, list) and len(shape) == 2 and shape[1] in _CONTEXT_DIMS:
-                return _CONTEXT_DIMS[shape[1]]
-    return ModelFamily.SD1
 
 
 def _spec_for(entry: Path) -> ModelSpec | None:
