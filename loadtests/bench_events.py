@@ -59,7 +59,8 @@ async def measure(options: argparse.Namespace, data_dir: Path) -> dict[str, Any]
 
     from serve_app.api.app import create_app
     from serve_app.inference.executor import InProcessExecutor
-    from serve_app.inference.loading import PipelineCache, pick_device
+    from serve_app.inference.loading import pick_device
+    from serve_app.inference.model_cache import ModelCache
     from serve_app.inference.runner import GenerationRunner
     from serve_app.inference.tiny import ensure_demo_models
     from serve_app.serving.args import IngressArgs, QueueArgs, StorageArgs
@@ -79,7 +80,7 @@ async def measure(options: argparse.Namespace, data_dir: Path) -> dict[str, Any]
         device, dtype = pick_device()
         executor = StampingExecutor(
             InProcessExecutor(
-                runner=GenerationRunner(PipelineCache(1), device=device, dtype=dtype),
+                runner=GenerationRunner(ModelCache(), device=device, dtype=dtype),
                 catalog=build_catalog(str(models_dir), "demo-sd15"),
                 store=build_store(storage),
                 progress_interval=0.0,  # every step, so every step is measured

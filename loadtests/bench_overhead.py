@@ -58,13 +58,14 @@ def pipeline_only(models_dir: Path, body: dict[str, Any], runs: int) -> list[flo
     import torch
 
     from serve_app.domain.generation import GenerationRequest
-    from serve_app.inference.loading import PipelineCache, pick_device
+    from serve_app.inference.loading import pick_device
+    from serve_app.inference.model_cache import ModelCache
     from serve_app.inference.runner import GenerationRunner
     from serve_app.storage.model_catalog import DirectoryModelCatalog
 
     torch.set_num_threads(1)
     device, dtype = pick_device()
-    runner = GenerationRunner(PipelineCache(1), device=device, dtype=dtype)
+    runner = GenerationRunner(ModelCache(), device=device, dtype=dtype)
     spec = DirectoryModelCatalog(models_dir, "demo-sd15").resolve(None)
     request = GenerationRequest(
         model=spec.name,

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
     models_dir: Path | None = Field(default=None, description="Unset means <data dir>/models.")
+    model_import_roots: list[Path] = Field(
+        default=[], description="Extra folders local model installs and folder scans may read (besides models_dir)."
+    )
     default_model: str = "demo-sd15"
 
     host: str = "127.0.0.1"
@@ -38,6 +41,11 @@ class Settings(BaseSettings):
     max_images_per_job: int = 16
     max_waiting_jobs: int = 256
     max_body_bytes: int = 32 * 1024 * 1024
+
+    model_cache_ram_gb: float = Field(default=8.0, gt=0, description="RAM for loaded models per Diffusion replica.")
+    model_cache_vram_gb: float | None = Field(
+        default=None, gt=0, description="VRAM for loaded models per Diffusion replica; unset: 90% of the GPU."
+    )
 
     max_attempts: int = 3
     lease_seconds: float = 30.0

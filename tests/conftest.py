@@ -98,3 +98,12 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 def repo(pool: asyncpg.Pool) -> PgJobRepository:
     """The Postgres job repository on this test's database."""
     return PgJobRepository(pool)
+
+
+@pytest.fixture
+def local_hub_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let huggingface_hub talk to the test's fake hub on 127.0.0.1 although `make test` sets HF_HUB_OFFLINE=1
+    (which guards every other test against reaching the real hub)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)

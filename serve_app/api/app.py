@@ -7,11 +7,16 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from serve_app.api.body_limit import BodyLimitMiddleware
 from serve_app.api.deps import ApiContext
+from serve_app.api.enfugue.downloads import router as enfugue_downloads_router
+from serve_app.api.enfugue.models import router as enfugue_models_router
 from serve_app.api.enfugue.routes import router as enfugue_router
 from serve_app.api.errors import install_error_handlers
 from serve_app.api.invokeai.boards import board_images_router as invokeai_board_images_router
 from serve_app.api.invokeai.boards import boards_router as invokeai_boards_router
+from serve_app.api.invokeai.download_queue import router as invokeai_download_queue_router
 from serve_app.api.invokeai.images import router as invokeai_images_router
+from serve_app.api.invokeai.model_install import router as invokeai_model_install_router
+from serve_app.api.invokeai.model_relationships import router as invokeai_model_relationships_router
 from serve_app.api.invokeai.models import router as invokeai_models_router
 from serve_app.api.invokeai.queue import router as invokeai_queue_router
 from serve_app.api.invokeai.routes import router as invokeai_router
@@ -44,8 +49,14 @@ def create_app(context: ApiContext, *, max_body_bytes: int = 32 * 1024 * 1024) -
     app.include_router(invokeai_boards_router)
     app.include_router(invokeai_board_images_router)
     app.include_router(invokeai_utilities_router)
+    # Before the other /api/v2/models routes, so `/install/...` always reaches the install router.
+    app.include_router(invokeai_model_install_router)
     app.include_router(invokeai_models_router)
+    app.include_router(invokeai_model_relationships_router)
+    app.include_router(invokeai_download_queue_router)
     app.include_router(enfugue_router)
+    app.include_router(enfugue_models_router)
+    app.include_router(enfugue_downloads_router)
     # Socket.IO at /ws/socket.io; its hub runs for the app's lifespan when context.events is set.
     install_socket(app, context)
     return app

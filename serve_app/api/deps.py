@@ -5,20 +5,25 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 
 from serve_app.domain.errors import ServiceUnavailable
 from serve_app.domain.ports import BusMessage, EventSource, JobChange, ObjectStore
 from serve_app.services.boards import BoardGateway
+from serve_app.services.downloads import DownloadService
 from serve_app.services.images import ImageGateway
 from serve_app.services.jobs import JobGateway
+from serve_app.services.model_install import InstallService
 from serve_app.services.models import ModelService
+from serve_app.services.presets import PresetService
 from serve_app.services.session_queue import SessionQueueService
 
 # Builds the Socket.IO events a job change means (e.g. `queue_item_status_changed`), reading what it needs.
 StatusEvents = Callable[[JobChange], Awaitable[list[BusMessage]]]
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,12 @@ class ApiContext:
     # InvokeAI's images and boards (`/api/v1/images`, `/boards`, `/board_images`); they answer 503 without them.
     images: ImageGateway | None = None
     boards: BoardGateway | None = None
+    # Enfugue's model presets and model listings (`/api/models`, `/api/checkpoints`, ...); 503 without them.
+    presets: PresetService | None = None
+    # Model installs (`/api/v2/models/install...`) and downloads (`/api/v1/download_queue`, Enfugue's
+    # `/api/download`); 503 without them.
+    installs: InstallService | None = None
+    downloads: DownloadService | None = None
 
 
 def get_context(request: Request) -> ApiContext:
@@ -58,13 +69,6 @@ def get_store(request: Request) -> ObjectStore:
     return get_context(request).store
 
 
-def get_session_queue(request: Request) -> SessionQueueService:
-    queue = get_context(request).session_queue
-    if queue is None:
-        raise ServiceUnavailable("The session queue is not configured on this server")
-    return queue
-
-
 def get_owner(request: Request) -> str:
     return get_context(request).default_owner
 
@@ -73,32 +77,27 @@ ContextDep = Annotated[ApiContext, Depends(get_context)]
 JobsDep = Annotated[JobGateway, Depends(get_jobs)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 OwnerDep = Annotated[str, Depends(get_owner)]
-SessionQueueDep = Annotated[SessionQueueService, Depends(get_session_queue)]
 
 
-def get_models(request: Request) -> ModelService:
-    models = get_context(request).models
-    if models is None:
-        raise ServiceUnavailable("The model catalog is not configured.")
-    return models
+def _configured(pick: Callable[[ApiContext], _T | None], what: str) -> Callable[[Request], _T]:
+    """A dependency returning an optional collaborator of the context; 503 where this server has none."""
+
+    def get(request: Request) -> _T:
+        value = pick(get_context(request))
+        if value is None:
+            raise ServiceUnavailable(f"{what} not configured on this server.")
+        return value
+
+    return get
 
 
-ModelsDep = Annotated[ModelService, Depends(get_models)]
-
-
-def get_images(request: Request) -> ImageGateway:
-    images = get_context(request).images
-    if images is None:
-        raise ServiceUnavailable("Images are not configured on this server.")
-    return images
-
-
-def get_boards(request: Request) -> BoardGateway:
-    boards = get_context(request).boards
-    if boards is None:
-        raise ServiceUnavailable("Boards are not configured on this server.")
-    return boards
-
-
-ImagesDep = Annotated[ImageGateway, Depends(get_images)]
-BoardsDep = Annotated[BoardGateway, Depends(get_boards)]
+SessionQueueDep = Annotated[
+    SessionQueueService, Depends(_configured(lambda c: c.session_queue, "The session queue is"))
+]
+ModelsDep = Annotated[ModelService, Depends(_configured(lambda c: c.models, "The model registry is"))]
+ImagesDep = Annotated[ImageGateway, Depends(_configured(lambda c: c.images, "Images are"))]
+BoardsDep = Annotated[BoardGateway, Depends(_configured(lambda c: c.boards, "Boards are"))]
+# Enfugue's model presets and listings, model installs, downloads.
+PresetsDep = Annotated[PresetService, Depends(_configured(lambda c: c.presets, "Model presets are"))]
+InstallsDep = Annotated[InstallService, Depends(_configured(lambda c: c.installs, "Model installs are"))]
+DownloadsDep = Annotated[DownloadService, Depends(_configured(lambda c: c.downloads, "Downloads are"))]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from serve_app.domain.errors import InvalidRequest
+from serve_app.domain.presets import WeightedModel
 
 # Canonical scheduler names (Enfugue's keys, 0.2.2 plus the 0.2.3+/0.3 variants). Each API
 # dialect maps its own names onto these; inference maps these onto diffusers classes.
@@ -20,6 +21,9 @@ SCHEDULER_NAMES: frozenset[str] = frozenset(
 )  # fmt: skip
 
 MAX_SEED = 2**63 - 1
+# Enfugue's defaults (diffusion/plan.py), applied at submit when neither the request nor a model preset sets them.
+DEFAULT_STEPS = 40
+DEFAULT_GUIDANCE_SCALE = 7.5
 
 
 def random_seed() -> int:
@@ -46,18 +50,33 @@ class GenerationRequest(BaseModel):
     kind: str = "txt2img"
     # None asks for the deployment's default model; the queue stores the resolved name.
     model: str | None = None
+    # Enfugue's `model_type`: "checkpoint" names a main model, "model" a preset (`/api/models`); None infers it
+    # from the name. The queue stores the resolved request: the main model's name, type "checkpoint".
+    model_type: Literal["checkpoint", "model"] | None = None
     prompt: str = ""
     negative_prompt: str = ""
     prompt_2: str | None = None
     negative_prompt_2: str | None = None
-    # None means the model's native size (512 for SD 1.x/2.x, 1024 for SDXL), resolved at submit.
+    # A preset's prompts, added to the request's (Enfugue weights them 0.2; here they are appended).
+    model_prompt: str | None = None
+    model_negative_prompt: str | None = None
+    # Enfugue's `size`: the default of width and height. None for all three means the model's native size
+    # (512 for SD 1.x/2.x, 1024 for SDXL), resolved at submit.
+    size: int | None = None
     width: int | None = None
     height: int | None = None
-    steps: int = 40
-    guidance_scale: float = 7.5
+    # Given explicitly (in `model_fields_set`), they win over a model preset's default configuration; left
+    # unset, the preset's values apply, else these defaults.
+    steps: int = DEFAULT_STEPS
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE
     seed: int = Field(default_factory=random_seed)
     num_images: int = 1
     scheduler: str | None = None
+    # Models applied on top of the main one, by name or file name; resolved against the registry at submit.
+    lora: list[WeightedModel] = Field(default_factory=list)
+    lycoris: list[WeightedModel] = Field(default_factory=list)
+    inversion: list[str] = Field(default_factory=list)
+    vae: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

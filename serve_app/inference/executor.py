@@ -24,7 +24,9 @@ from serve_app.domain.images import StoredImage, image_key, image_name, thumbnai
 from serve_app.domain.jobs import ClaimedJob, Progress
 from serve_app.domain.ports import ExecutionEvent, ExecutionResult, ModelCatalog, ObjectStore
 from serve_app.inference.encoding import encode_png, encode_thumbnail
+from serve_app.inference.graph_context import MappingCatalog
 from serve_app.inference.graph_executor import GRAPH_KIND, GraphRunner
+from serve_app.inference.model_cache import ModelCache
 from serve_app.inference.runner import GenerationRunner
 from serve_app.inference.threaded import Finished, run_on_thread
 
@@ -56,6 +58,11 @@ class InProcessExecutor:
             progress_interval=progress_interval,
         )
 
+    @property
+    def cache(self) -> ModelCache:
+        """The runner's model cache: `stats()`, `clear()` and `on_change` for the replica."""
+        return self._runner.cache
+
     def close(self) -> None:
         self._thread.shutdown(wait=False, cancel_futures=True)
 
@@ -75,7 +82,8 @@ class InProcessExecutor:
                 if throttle.due(final=step == total):
                     emit(Progress(step=step, total=total))
 
-            spec = self._catalog.resolve(request.model)
+            catalog = MappingCatalog(job.models, fallback=self._catalog) if job.models else self._catalog
+            spec = catalog.resolve(request.model)
             return self._runner.run(spec, request, on_step=on_step, should_stop=should_stop).images
 
         images: list[Image.Image] = []

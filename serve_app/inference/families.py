@@ -20,17 +20,10 @@ class Family:
     pipeline_class: Any
     # Extra arguments for from_pretrained/from_single_file and for the pipeline constructor.
     init_kwargs: Mapping[str, Any]
-    # Pipeline config entries a per-call copy must carry over (they are constructor arguments).
+    # Pipeline config entries an assembled pipeline must carry over (they are constructor arguments).
     config_keys: tuple[str, ...]
     prompts: Callable[[GenerationRequest], dict[str, Any]]
     load_kwargs: Mapping[str, Any] = field(default_factory=dict)
-
-    def with_scheduler(self, pipe: Any, scheduler: Any) -> Any:
-        """A new pipeline object sharing `pipe`'s modules but owning `scheduler` (schedulers hold per-run state)."""
-        config = {key: pipe.config[key] for key in self.config_keys if key in pipe.config}
-        copy = self.pipeline_class(**{**pipe.components, "scheduler": scheduler}, **config, **self.init_kwargs)
-        copy.set_progress_bar_config(disable=True)
-        return copy
 
 
 def _sd_prompts(request: GenerationRequest) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """NodeContext: what a node implementation may use while a graph runs on the diffusion thread.
 
-Models resolve by key through the catalog and load through the pipeline cache; tensors passed
-between nodes live here by name for one session; images go to object storage (async, reached
-from this thread via the event loop) and are reported as GeneratedImage rows with the node's
-completion event.
+Models resolve by key through the job's model snapshot (`ClaimedJob.models`, filled in from the registry when
+the job was claimed; jobs without one use the replica's catalog) and load part by part through the model
+cache, each request reported as a ModelLoadEvent (started, then complete) on the node event stream, as
+InvokeAI reports `model_load_started`/`_complete`; tensors passed between nodes live here by name for one
+session; images go to object storage (async, reached from this thread via the event loop) and are reported
+as GeneratedImage rows with the node's completion event.
 """
 
 from __future__ import annotations
@@ -14,20 +16,20 @@ import io
 import json
 import time
 import uuid
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, Literal, TypeVar
 
 import torch
 from PIL import Image
 
-from serve_app.domain.errors import JobCanceled
+from serve_app.domain.errors import JobCanceled, ModelNotFound
 from serve_app.domain.graph.fields import ImageField, ModelIdentifierField
 from serve_app.domain.images import GeneratedImage, ImageCategory, image_key, image_name, thumbnail_key
 from serve_app.domain.jobs import ClaimedJob
-from serve_app.domain.models import ModelSpec
-from serve_app.domain.ports import ModelCatalog, NodeEvent, ObjectStore
+from serve_app.domain.models import ModelFamily, ModelSpec, ModelType
+from serve_app.domain.ports import ModelCatalog, ModelLoadEvent, NodeEvent, ObjectStore
 from serve_app.inference.encoding import encode_png, encode_thumbnail
-from serve_app.inference.loading import PipelineCache
+from serve_app.inference.model_cache import ModelCache
 from serve_app.inference.nodes import ModelComponents
 
 _T = TypeVar("_T")
@@ -36,22 +38,50 @@ _T = TypeVar("_T")
 _PREVIEW_QUALITY = 70
 
 
+class MappingCatalog:
+    """A job's model snapshot (key -> spec) as a ModelCatalog, over the replica's own catalog for keys the
+    snapshot lacks (jobs queued before the registry knew a model found in the models folder)."""
+
+    def __init__(self, models: Mapping[str, ModelSpec], fallback: ModelCatalog | None = None) -> None:
+        self._models = dict(models)
+        self._fallback = fallback
+
+    def get(self, key: str) -> ModelSpec:
+        spec = self._models.get(key)
+        if spec is not None:
+            return spec
+        if self._fallback is not None:
+            return self._fallback.get(key)
+        raise ModelNotFound(key)
+
+    def list(self) -> list[ModelSpec]:
+        return sorted(self._models.values(), key=lambda spec: (spec.name, spec.type))
+
+    def resolve(self, name: str | None) -> ModelSpec:
+        """The main model named `name`; a snapshot has no default model."""
+        for spec in self._models.values():
+            if spec.type is ModelType.MAIN and spec.name == name:
+                return spec
+        if self._fallback is not None:
+            return self._fallback.resolve(name)
+        raise ModelNotFound(name or "(default)")
+
+
 class NodeContext:
     def __init__(
         self,
         *,
         job: ClaimedJob,
         graph: dict[str, Any],
-        cache: PipelineCache,
+        cache: ModelCache,
         catalog: ModelCatalog,
         store: ObjectStore,
         loop: asyncio.AbstractEventLoop,
         device: torch.device | str,
         dtype: torch.dtype,
         should_stop: Callable[[], bool],
-        emit: Callable[[NodeEvent], None],
+        emit: Callable[[NodeEvent | ModelLoadEvent], None],
         progress_interval: float = 0.0,
-        components: ModelComponents | None = None,
     ) -> None:
         self.job = job
         self.graph = graph
@@ -59,9 +89,10 @@ class NodeContext:
         self.device = torch.device(device)
         self.dtype = dtype
         self.should_stop = should_stop
-        # UNet/text encoders/VAE/LoRAs of cached models; pass the runner's so VAE and LoRA caches outlive a session.
-        self.components = components or ModelComponents(cache, device=self.device, dtype=dtype)
-        self._catalog = catalog
+        # Parts of cached models (UNet, text encoders, VAE, LoRAs, embeddings); every request is reported.
+        self.components = ModelComponents(cache, device=self.device, dtype=dtype, on_load=self._report_load)
+        # The job's own snapshot when it has one: the models the registry held when the job was claimed.
+        self._catalog: ModelCatalog = MappingCatalog(job.models, fallback=catalog) if job.models else catalog
         self._store = store
         self._loop = loop
         self._emit = emit
@@ -94,9 +125,22 @@ class NodeContext:
         """The model a graph names by key; ModelNotFound if this deployment has none with that key."""
         return self._catalog.get(identifier.key)
 
-    def pipeline(self, identifier: ModelIdentifierField) -> Any:
-        """The loaded pipeline of a main model (components are shared, never copied)."""
-        return self.cache.get(self.model(identifier), device=self.device, dtype=self.dtype)
+    def embedding(self, name_or_key: str, base: ModelFamily) -> ModelSpec | None:
+        """The embedding a prompt names as `<name_or_key>` (a key first, then a name, as InvokeAI looks them
+        up) if there is one for `base`; None otherwise (the text then stays as written)."""
+        spec: ModelSpec | None
+        try:
+            spec = self._catalog.get(name_or_key)
+        except ModelNotFound:
+            spec = next(
+                (s for s in self._catalog.list() if s.type is ModelType.EMBEDDING and s.name == name_or_key), None
+            )
+        if spec is None or spec.type is not ModelType.EMBEDDING or spec.family is not base:
+            return None
+        return spec
+
+    def _report_load(self, spec: ModelSpec, submodel: str | None, kind: Literal["started", "complete"]) -> None:
+        self._emit(ModelLoadEvent(kind=kind, key=spec.key, submodel_type=submodel))
 
     # -- tensors --------------------------------------------------------------------------
 

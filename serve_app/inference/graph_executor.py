@@ -20,11 +20,17 @@ from serve_app.domain.errors import GenerationFailed, JobCanceled
 from serve_app.domain.graph.execution import GraphExecution
 from serve_app.domain.graph.graph import Graph
 from serve_app.domain.jobs import ClaimedJob
-from serve_app.domain.ports import ExecutionEvent, ExecutionResult, ModelCatalog, NodeEvent, ObjectStore
+from serve_app.domain.ports import (
+    ExecutionEvent,
+    ExecutionResult,
+    ModelCatalog,
+    ModelLoadEvent,
+    NodeEvent,
+    ObjectStore,
+)
 from serve_app.inference.graph_context import NodeContext
 from serve_app.inference.invocations import IMPLEMENTATIONS
-from serve_app.inference.loading import PipelineCache
-from serve_app.inference.nodes import ModelComponents
+from serve_app.inference.model_cache import ModelCache
 from serve_app.inference.threaded import Finished, run_on_thread
 
 # The `kind` of a job request that carries a graph (services.session_queue.graph_request writes it).
@@ -37,7 +43,7 @@ class GraphRunner:
     def __init__(
         self,
         *,
-        cache: PipelineCache,
+        cache: ModelCache,
         catalog: ModelCatalog,
         store: ObjectStore,
         thread: Executor,
@@ -52,8 +58,6 @@ class GraphRunner:
         self._device = device
         self._dtype = dtype
         self._progress_interval = progress_interval
-        # One per runner: its standalone-VAE and LoRA caches then serve every session on this replica.
-        self._components = ModelComponents(cache, device=device, dtype=dtype)
 
     async def execute(self, job: ClaimedJob) -> AsyncGenerator[ExecutionEvent, None]:
         try:
@@ -63,7 +67,7 @@ class GraphRunner:
         loop = asyncio.get_running_loop()
         execution = GraphExecution(graph, session_id=job.session_id or str(job.id))
 
-        def work(emit: Callable[[NodeEvent], None], should_stop: Callable[[], bool]) -> None:
+        def work(emit: Callable[[NodeEvent | ModelLoadEvent], None], should_stop: Callable[[], bool]) -> None:
             context = NodeContext(
                 job=job,
                 graph=job.request["graph"],
@@ -76,7 +80,6 @@ class GraphRunner:
                 should_stop=should_stop,
                 emit=emit,
                 progress_interval=self._progress_interval,
-                components=self._components,
             )
             _run_graph(execution, context, emit)
 
@@ -87,7 +90,9 @@ class GraphRunner:
         yield ExecutionResult(images=[], session=execution.state())
 
 
-def _run_graph(execution: GraphExecution, context: NodeContext, emit: Callable[[NodeEvent], None]) -> None:
+def _run_graph(
+    execution: GraphExecution, context: NodeContext, emit: Callable[[NodeEvent | ModelLoadEvent], None]
+) -> None:
     """Run every node in order; on a node's error, report it with the session so far and raise."""
     while (node := execution.next()) is not None:
         invocation = node.model_dump(mode="json")
@@ -100,7 +105,9 @@ def _run_graph(execution: GraphExecution, context: NodeContext, emit: Callable[[
             implementation = IMPLEMENTATIONS.get(node.type)
             if implementation is None:
                 raise NotImplementedError(f"No implementation for node type {node.type}")
-            output = implementation(node, context)
+            # The models a node fetches stay pinned in the cache until it returns, never evicted mid-call.
+            with context.cache.in_use():
+                output = implementation(node, context)
         except JobCanceled:
             raise
         except Exception as exc:

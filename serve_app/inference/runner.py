@@ -12,8 +12,9 @@ from PIL import Image
 from serve_app.domain.errors import GenerationFailed, InvalidRequest, JobCanceled
 from serve_app.domain.generation import GenerationRequest, check_runnable
 from serve_app.domain.models import ModelSpec
-from serve_app.inference.families import family_of
-from serve_app.inference.loading import PipelineCache
+from serve_app.inference.families import Family, family_of
+from serve_app.inference.loading import assemble_pipeline, main_parts
+from serve_app.inference.model_cache import ModelCache
 from serve_app.inference.schedulers import make_scheduler
 
 StepCallback = Callable[[int, int], None]
@@ -40,14 +41,14 @@ class GenerationRunner:
     because pipelines share modules and diffusers mutates some of them during a call (e.g. the VAE upcast)."""
 
     def __init__(
-        self, cache: PipelineCache, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+        self, cache: ModelCache, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
     ) -> None:
         self._cache = cache
         self._device = torch.device(device)
         self._dtype = dtype
 
     @property
-    def cache(self) -> PipelineCache:
+    def cache(self) -> ModelCache:
         return self._cache
 
     @property
@@ -74,11 +75,26 @@ class GenerationRunner:
         check_inputs(request)
         if should_stop is not None and should_stop():
             raise JobCanceled()
-        width, height = request.width or spec.native_size, request.height or spec.native_size
         family = family_of(spec.family)
-        cached = self._cache.get(spec, device=self._device, dtype=self._dtype)
-        scheduler = make_scheduler(request.scheduler, cached.scheduler.config, type(cached.scheduler))
-        pipe = family.with_scheduler(cached, scheduler)
+        with self._cache.in_use():  # no part of this model is evicted while it runs
+            parts = {
+                name: self._cache.get(spec, name, device=self._device, dtype=self._dtype) for name in main_parts(spec)
+            }
+            own = parts["scheduler"]
+            # A fresh scheduler per run (schedulers hold per-run state); the cached parts are shared.
+            parts["scheduler"] = make_scheduler(request.scheduler, own.config, type(own))
+            return self._generate(assemble_pipeline(spec, parts), family, spec, request, on_step, should_stop)
+
+    def _generate(
+        self,
+        pipe: Any,
+        family: Family,
+        spec: ModelSpec,
+        request: GenerationRequest,
+        on_step: StepCallback | None,
+        should_stop: StopCheck | None,
+    ) -> GenerationOutput:
+        width, height = request.width or spec.native_size, request.height or spec.native_size
         seeds = [request.seed + i for i in range(request.num_images)]
         # One CPU generator per image: the same pixels on any device and whether run alone or batched.
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]

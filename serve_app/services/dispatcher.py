@@ -29,10 +29,12 @@ from serve_app.domain.ports import (
     JobChange,
     JobExecutor,
     JobRepository,
+    ModelLoadEvent,
     NodeEvent,
     ObjectStore,
 )
 from serve_app.services import invokeai_events
+from serve_app.services.model_snapshot import ModelSnapshots, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +66,17 @@ class Dispatcher:
         store: ObjectStore,
         feed: ChangeFeed | None = None,
         events: EventBus | None = None,
+        snapshots: ModelSnapshots | None = None,
         config: DispatcherConfig = DispatcherConfig(),
     ) -> None:
+        """`snapshots` resolves each job's models from the registry before it is executed (without it jobs go
+        out as claimed, and replicas resolve models from their own catalog)."""
         self._repo = repo
         self._executor = executor
         self._store = store
         self._feed = feed
         self._events = events
+        self._snapshots = snapshots
         self._config = config
         self._in_flight: dict[uuid.UUID, _InFlight] = {}
         self._wake = asyncio.Event()
@@ -157,8 +163,9 @@ class Dispatcher:
 
     async def _run_job(self, job: ClaimedJob) -> None:
         try:
-            async with contextlib.aclosing(self._executor.execute(job)) as events:
-                await self._consume(job, events)
+            snapshot = await self._snapshots.resolve(job) if self._snapshots is not None else Snapshot(job)
+            async with contextlib.aclosing(self._executor.execute(snapshot.job)) as events:
+                await self._consume(snapshot, events)
         except asyncio.CancelledError:
             entry = self._in_flight.get(job.id)
             if entry is not None and entry.stopping_for_shutdown:
@@ -175,10 +182,16 @@ class Dispatcher:
                 del self._in_flight[job.id]
             self._wake.set()
 
-    async def _consume(self, job: ClaimedJob, events: AsyncGenerator[ExecutionEvent, None]) -> None:
+    async def _consume(self, snapshot: Snapshot, events: AsyncGenerator[ExecutionEvent, None]) -> None:
+        job = snapshot.job
         failed_node: NodeEvent | None = None
         try:
             async for event in events:
+                if isinstance(event, ModelLoadEvent):
+                    message = None if self._snapshots is None else self._snapshots.load_message(snapshot, event)
+                    if message is not None:
+                        await self._publish(message)
+                    continue
                 if isinstance(event, Progress):
                     if not await self._repo.report_progress(job.id, job.attempt, event.step, event.total):
                         return  # canceled or stale: closing the stream stops the executor

@@ -1,11 +1,14 @@
 """Enfugue's parameters as a node graph, so both dialects run on the one graph engine (DESIGN.md §4).
 
-One model loader and one pair of prompt encodings feed a noise → denoise → decode branch per
-sample; sample i uses seed + i, so an image is the same whether made alone or among others.
+One model loader (then one `lora_loader` per LoRA, chained, each with its weight) and one pair of prompt
+encodings feed a noise → denoise → decode branch per sample; a VAE override decodes through `vae_loader`.
+Sample i uses seed + i, so an image is the same whether made alone or among others.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from serve_app.domain.generation import ENFUGUE_TO_INVOKEAI_SCHEDULER, GenerationRequest
@@ -18,15 +21,41 @@ from serve_app.domain.models import ModelFamily, ModelSpec
 DEFAULT_SCHEDULER = "euler"
 
 
+@dataclass(frozen=True)
+class GraphModel:
+    """A resolved model as a graph names it: its spec, the registry's hash ("" for a model found only in the
+    models folder) and, for a LoRA, the weight to apply it at."""
+
+    spec: ModelSpec
+    hash: str = ""
+    weight: float = 1.0
+
+    def identifier(self) -> dict[str, Any]:
+        """InvokeAI's ModelIdentifierField."""
+        spec = self.spec
+        return {"key": spec.key, "hash": self.hash, "name": spec.name, "base": spec.family.value,
+                "type": spec.type.value}  # fmt: skip
+
+
 def model_identifier(spec: ModelSpec) -> dict[str, Any]:
     """How a graph names a catalog model (InvokeAI's ModelIdentifierField)."""
-    return {"key": spec.key, "hash": "", "name": spec.name, "base": spec.family.value, "type": spec.type.value}
+    return GraphModel(spec).identifier()
 
 
-def txt2img_graph(request: GenerationRequest, spec: ModelSpec) -> dict[str, Any]:
-    """The graph of a resolved request (width, height and model set); validated like any submitted graph."""
+def txt2img_graph(
+    request: GenerationRequest,
+    main: GraphModel | ModelSpec,
+    *,
+    loras: Sequence[GraphModel] = (),
+    vae: GraphModel | None = None,
+    embeddings: Sequence[GraphModel] = (),
+) -> dict[str, Any]:
+    """The graph of a resolved request (width, height and models set; the prompts already name
+    each textual inversion as `<name>`, and `embeddings` are listed in the metadata so the job's model snapshot
+    holds exactly those); validated like any submitted graph."""
     assert request.width is not None and request.height is not None, "resolve the size before building"
-    sdxl = spec.family is ModelFamily.SDXL
+    main = main if isinstance(main, GraphModel) else GraphModel(main)
+    sdxl = main.spec.family is ModelFamily.SDXL
     nodes: dict[str, dict[str, Any]] = {}
     edges: list[dict[str, Any]] = []
 
@@ -42,7 +71,17 @@ def txt2img_graph(request: GenerationRequest, spec: ModelSpec) -> dict[str, Any]
             }
         )
 
-    loader = node("model", "sdxl_model_loader" if sdxl else "main_model_loader", model=model_identifier(spec))
+    loader = node("model", "sdxl_model_loader" if sdxl else "main_model_loader", model=main.identifier())
+    # Each LoRA patches the UNet and text encoder handles that pass through it; the last one feeds the rest.
+    clips = ("clip", "clip2") if sdxl else ("clip",)
+    sources = dict.fromkeys(("unet", *clips), loader)
+    for index, lora in enumerate(loras):
+        patched = node(f"lora_{index}", "sdxl_lora_loader" if sdxl else "lora_loader", lora=lora.identifier(),
+                       weight=lora.weight)  # fmt: skip
+        for handle, source in sources.items():
+            edge(source, handle, patched, handle)
+        sources = dict.fromkeys(sources, patched)
+    decoder = node("vae", "vae_loader", vae_model=vae.identifier()) if vae is not None else loader
     prompts = {"positive": (request.prompt, request.prompt_2), "negative": (request.negative_prompt,
                request.negative_prompt_2)}  # fmt: skip
     for name, (text, text_2) in prompts.items():
@@ -50,10 +89,10 @@ def txt2img_graph(request: GenerationRequest, spec: ModelSpec) -> dict[str, Any]
             size = {"original_width": request.width, "original_height": request.height,
                     "target_width": request.width, "target_height": request.height}  # fmt: skip
             node(name, "sdxl_compel_prompt", prompt=text, style=text_2 or text, **size)
-            edge(loader, "clip2", name, "clip2")
+            edge(sources["clip2"], "clip2", name, "clip2")
         else:
             node(name, "compel", prompt=text)
-        edge(loader, "clip", name, "clip")
+        edge(sources["clip"], "clip", name, "clip")
     scheduler = ENFUGUE_TO_INVOKEAI_SCHEDULER.get(request.scheduler or "", DEFAULT_SCHEDULER)
     metadata = node(
         "metadata",
@@ -67,7 +106,10 @@ def txt2img_graph(request: GenerationRequest, spec: ModelSpec) -> dict[str, Any]
         cfg_scale=request.guidance_scale,
         steps=request.steps,
         scheduler=scheduler,
-        model=model_identifier(spec),
+        model=main.identifier(),
+        loras=[{"model": lora.identifier(), "weight": lora.weight} for lora in loras],
+        vae=vae.identifier() if vae is not None else None,
+        embeddings=[embedding.identifier() for embedding in embeddings],
         enfugue=request.to_json(),
     )
     for index in range(request.num_images):
@@ -76,12 +118,12 @@ def txt2img_graph(request: GenerationRequest, spec: ModelSpec) -> dict[str, Any]
         denoise = node(f"denoise_{index}", "denoise_latents", steps=request.steps,
                        cfg_scale=request.guidance_scale, scheduler=scheduler)  # fmt: skip
         output = node(f"output_{index}", "l2i", is_intermediate=False)
-        edge(loader, "unet", denoise, "unet")
+        edge(sources["unet"], "unet", denoise, "unet")
         edge("positive", "conditioning", denoise, "positive_conditioning")
         edge("negative", "conditioning", denoise, "negative_conditioning")
         edge(noise, "noise", denoise, "noise")
         edge(denoise, "latents", output, "latents")
-        edge(loader, "vae", output, "vae")
+        edge(decoder, "vae", output, "vae")
         edge(metadata, "metadata", output, "metadata")
     graph = {"id": f"enfugue:{request.seed}", "nodes": nodes, "edges": edges}
     return Graph.model_validate(graph).model_dump(mode="json")

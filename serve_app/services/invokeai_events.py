@@ -22,7 +22,8 @@ def sqlite_timestamp(value: datetime | None) -> str | None:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.") + f"{value.microsecond // 1000:03d}"
 
 
-def _now() -> int:
+def now_timestamp() -> int:
+    """Seconds since the epoch: every InvokeAI event payload has it as `timestamp`."""
     return int(time.time())
 
 
@@ -58,7 +59,7 @@ def batch_enqueued(
         event="batch_enqueued",
         room=queue_id,
         data={
-            "timestamp": _now(),
+            "timestamp": now_timestamp(),
             "queue_id": queue_id,
             "batch_id": batch_id,
             "enqueued": enqueued,
@@ -70,7 +71,7 @@ def batch_enqueued(
 
 
 def queue_cleared(queue_id: str) -> BusMessage:
-    return BusMessage(event="queue_cleared", room=queue_id, data={"timestamp": _now(), "queue_id": queue_id})
+    return BusMessage(event="queue_cleared", room=queue_id, data={"timestamp": now_timestamp(), "queue_id": queue_id})
 
 
 def queue_item_status_changed(job: Job, batch: BatchStatus, queue: QueueStatus) -> BusMessage:
@@ -79,7 +80,7 @@ def queue_item_status_changed(job: Job, batch: BatchStatus, queue: QueueStatus) 
         event="queue_item_status_changed",
         room=job.queue_id,
         data={
-            "timestamp": _now(),
+            "timestamp": now_timestamp(),
             "queue_id": job.queue_id,
             "item_id": job.item_id,
             "batch_id": job.batch_id,
@@ -114,7 +115,7 @@ def invocation_event(
         event=event,
         room=job.queue_id,
         data={
-            "timestamp": _now(),
+            "timestamp": now_timestamp(),
             "queue_id": job.queue_id,
             "item_id": job.item_id,
             "batch_id": job.batch_id,

@@ -10,8 +10,9 @@ from serve_app.domain.generation import GenerationRequest, Limits
 from serve_app.domain.images import ImageRecord, object_keys
 from serve_app.domain.jobs import Job, JobStatus, NewJob
 from serve_app.domain.models import ModelSpec
-from serve_app.domain.ports import JobRepository, ModelCatalog, ObjectStore
+from serve_app.domain.ports import JobRepository, ModelCatalog, ModelRegistry, ObjectStore, PresetStore
 from serve_app.services.generation_graphs import txt2img_graph
+from serve_app.services.model_resolution import ModelResolver
 from serve_app.services.session_queue import graph_request
 
 
@@ -64,9 +65,14 @@ class JobService:
         store: ObjectStore,
         limits: Limits,
         max_attempts: int = 3,
+        registry: ModelRegistry | None = None,
+        presets: PresetStore | None = None,
     ) -> None:
+        """Models are looked up in `registry` and then the `catalog` (the models folder), or the catalog only
+        without a registry; `model` may name one of the `presets` (Enfugue's `/api/models`)."""
         self._repo = repo
         self._catalog = catalog
+        self._resolver = ModelResolver(catalog=catalog, registry=registry, presets=presets)
         self._store = store
         self._limits = limits
         self._max_attempts = max_attempts
@@ -74,19 +80,16 @@ class JobService:
     async def submit_generation(
         self, request: GenerationRequest, *, owner: str, queue_id: str = "default", priority: int = 0
     ) -> Job:
-        # Resolve the model first so the stored request names a concrete model: a retry, or a
-        # later change of the default model, must not change what this job generates.
-        spec = self._catalog.resolve(request.model)
-        request = request.model_copy(
-            update={
-                "model": spec.name,
-                "width": spec.native_size if request.width is None else request.width,
-                "height": spec.native_size if request.height is None else request.height,
-            }
-        )
+        # Resolve the models first so the stored graph names concrete ones: a retry, or a later change of
+        # the default model or of a preset, must not change what this job generates.
+        resolution = await self._resolver.resolve(request)
+        request = resolution.request
         self._limits.check(request)
         # The graph engine runs it, as it runs InvokeAI's graphs; the Enfugue parameters stay alongside.
-        job_request = {**graph_request(txt2img_graph(request, spec)), "enfugue": request.to_json()}
+        graph = txt2img_graph(
+            request, resolution.main, loras=resolution.loras, vae=resolution.vae, embeddings=resolution.embeddings
+        )
+        job_request = {**graph_request(graph), "enfugue": request.to_json()}
         jobs = await self._repo.enqueue(
             [
                 NewJob(

@@ -6,7 +6,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from serve_app.serving.args import AppArgs, IngressArgs
+from serve_app.serving.args import AppArgs, DiffusionArgs, IngressArgs
 from serve_app.serving.diffusion import Diffusion
 from serve_app.serving.ingress import Ingress
 from serve_app.serving.queue import Queue
@@ -27,7 +27,7 @@ def resolve_args(args: dict[str, Any] | AppArgs | None) -> AppArgs:
 def build_app(args: dict[str, Any] | AppArgs | None = None) -> Application:
     """The whole application graph; deployment sizing comes from the Serve config file."""
     resolved = resolve_args(args)
-    diffusion = Diffusion.bind(resolved.diffusion)
+    diffusion = Diffusion.bind(diffusion_args(resolved))
     queue = Queue.bind(resolved.queue, diffusion)
     return Ingress.bind(ingress_args(resolved), queue)
 
@@ -42,6 +42,11 @@ def ingress_args(args: AppArgs) -> IngressArgs:
             "default_model": ingress.default_model or queue.default_model,
         }
     )
+
+
+def diffusion_args(args: AppArgs) -> DiffusionArgs:
+    """The Diffusion replicas' args with the Queue's database filled in where left empty."""
+    return args.diffusion.model_copy(update={"database_url": args.diffusion.database_url or args.queue.database_url})
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

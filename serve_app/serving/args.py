@@ -30,8 +30,14 @@ class DiffusionArgs(BaseModel):
     default_model: str
     storage: StorageArgs
     torch_threads: int = Field(default=1, ge=1, description="CPU threads per replica when there is no GPU.")
-    cache_size: int = Field(default=2, ge=1, description="Pipelines kept loaded per replica (LRU).")
     progress_interval: float = Field(default=0.1, gt=0, description="Seconds between progress reports.")
+    # Empty: the Queue's (build_app fills it in). Replicas use it only to report cache stats and hear
+    # `empty_model_cache`; jobs and models reach them with each request.
+    database_url: str = ""
+    cache_ram_gb: float = Field(default=8.0, gt=0, description="RAM for loaded models per replica.")
+    cache_vram_gb: float | None = Field(
+        default=None, gt=0, description="VRAM for loaded models per replica; unset: 90% of the GPU's memory."
+    )
 
 
 class QueueArgs(BaseModel):
@@ -62,6 +68,8 @@ class IngressArgs(BaseModel):
     models_dir: str = ""
     default_model: str = ""
     max_body_bytes: int = 32 * 1024 * 1024
+    # Folders besides models_dir that local model installs and folder scans may read.
+    model_import_roots: list[str] = []
     max_queue_size: int = Field(default=10000, ge=1, description="Pending InvokeAI queue items accepted at most.")
     max_attempts: int = Field(default=3, ge=1)
     version: str = __version__
@@ -104,7 +112,13 @@ class AppArgs(BaseModel):
                 max_attempts=settings.max_attempts,
                 lease_seconds=settings.lease_seconds,
             ),
-            diffusion=DiffusionArgs(models_dir=models_dir, default_model=settings.default_model, storage=storage),
+            diffusion=DiffusionArgs(
+                models_dir=models_dir,
+                default_model=settings.default_model,
+                storage=storage,
+                cache_ram_gb=settings.model_cache_ram_gb,
+                cache_vram_gb=settings.model_cache_vram_gb,
+            ),
             ingress=IngressArgs(
                 storage=storage,
                 database_url=database_url,
@@ -112,5 +126,6 @@ class AppArgs(BaseModel):
                 default_model=settings.default_model,
                 max_body_bytes=settings.max_body_bytes,
                 max_attempts=settings.max_attempts,
+                model_import_roots=[str(root.resolve()) for root in settings.model_import_roots],
             ),
         )

@@ -14,8 +14,8 @@ from serve_app.domain.errors import GenerationFailed, ServeAppError
 from serve_app.domain.generation import GenerationRequest
 from serve_app.domain.images import ImageRecord
 from serve_app.domain.jobs import ClaimedJob, Job, JobStatus, Progress
-from serve_app.domain.models import ModelSpec
-from serve_app.domain.ports import ExecutionEvent, ExecutionResult, NodeEvent
+from serve_app.domain.models import ModelSpec, ModelType
+from serve_app.domain.ports import ExecutionEvent, ExecutionResult, ModelLoadEvent, NodeEvent
 
 
 class RayDiffusionExecutor:
@@ -25,7 +25,11 @@ class RayDiffusionExecutor:
         self._handle = handle.options(stream=True)
 
     async def execute(self, job: ClaimedJob) -> AsyncGenerator[ExecutionEvent, None]:
-        stream = cast(DeploymentResponseGenerator[dict[str, Any]], self._handle.run.remote(job.model_dump(mode="json")))
+        # Affinity: Serve's multiplexing routes a job to a replica that reported its main model as loaded, then to
+        # the replica with the fewest models, so a model stays on few replicas instead of being loaded everywhere.
+        main = next((key for key, spec in job.models.items() if spec.type is ModelType.MAIN), "")
+        handle = self._handle.options(multiplexed_model_id=main) if main else self._handle
+        stream = cast(DeploymentResponseGenerator[dict[str, Any]], handle.run.remote(job.model_dump(mode="json")))
         try:
             async for item in stream:
                 kind = item.pop("type")
@@ -33,6 +37,8 @@ class RayDiffusionExecutor:
                     yield Progress.model_validate(item)
                 elif kind == "node":
                     yield NodeEvent.model_validate(item)
+                elif kind == "model_load":
+                    yield ModelLoadEvent.model_validate(item)
                 elif kind == "result":
                     yield ExecutionResult.model_validate(item)
                     return

@@ -8,26 +8,45 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import asyncpg
 
 from serve_app.api.deps import ApiContext
-from serve_app.domain.ports import JobExecutor, ObjectStore
+from serve_app.domain.models import ModelRecord, ModelSpec
+from serve_app.domain.ports import EventBus, JobExecutor, ObjectStore
 from serve_app.services.boards import BoardService
 from serve_app.services.dispatcher import Dispatcher, DispatcherConfig
+from serve_app.services.downloads import DownloadService
 from serve_app.services.images import ImageService
 from serve_app.services.jobs import JobGateway, JobService
+from serve_app.services.model_configs import to_config
+from serve_app.services.model_install import InstallService
+from serve_app.services.model_snapshot import ModelSnapshots
 from serve_app.services.models import ModelService
+from serve_app.services.presets import PresetService
 from serve_app.services.session_queue import SessionQueueService, StatusEvents
 from serve_app.serving.args import IngressArgs, QueueArgs, StorageArgs
 from serve_app.storage.change_feed import PgChangeFeed
 from serve_app.storage.db import create_pool, upgrade
 from serve_app.storage.event_bus import PgEventBus
+from serve_app.storage.hf_hub import HfHubClient
+from serve_app.storage.http_fetch import HttpFetcher
 from serve_app.storage.image_repository import PgImageRepository
 from serve_app.storage.job_repository import PgJobRepository
 from serve_app.storage.model_catalog import DirectoryModelCatalog
+from serve_app.storage.model_hash import hash_model, model_size
+from serve_app.storage.model_job_store import PgModelJobStore
+from serve_app.storage.model_probe import probe as probe_model
+from serve_app.storage.model_registry import PgCacheStats, PgModelRegistry, PgModelSettings
 from serve_app.storage.objects import make_object_store
+from serve_app.storage.preset_repository import PgPresetStore
 from serve_app.storage.session_queue_repository import PgSessionQueue
 
 log = logging.getLogger(__name__)
+
+# How often listings look for models copied into the models folder by hand.
+MODEL_RESYNC_INTERVAL_S = 10.0
 
 
 def build_store(args: StorageArgs) -> ObjectStore:
@@ -68,12 +87,15 @@ async def queue_runtime(args: QueueArgs, executor: JobExecutor) -> AsyncIterator
     await feed.start()
     store = build_store(args.storage)
     repo = PgJobRepository(pool)
+    registry = PgModelRegistry(pool)
     service = JobService(
         repo=repo,
         catalog=build_catalog(args.models_dir, args.default_model),
         store=store,
         limits=args.limits,
         max_attempts=args.max_attempts,
+        registry=registry,
+        presets=PgPresetStore(pool),
     )
     dispatcher = Dispatcher(
         repo=repo,
@@ -81,6 +103,7 @@ async def queue_runtime(args: QueueArgs, executor: JobExecutor) -> AsyncIterator
         store=store,
         feed=feed,
         events=PgEventBus(pool),
+        snapshots=ModelSnapshots(registry, render=render_model_config),
         config=DispatcherConfig(
             max_in_flight=args.max_in_flight, lease_seconds=args.lease_seconds, poll_interval=args.poll_interval
         ),
@@ -96,6 +119,44 @@ async def queue_runtime(args: QueueArgs, executor: JobExecutor) -> AsyncIterator
         await pool.close()
 
 
+def render_model_config(record: ModelRecord) -> dict[str, Any]:
+    """A registry record as the InvokeAI config its model-load events carry."""
+    return to_config(record).model_dump(mode="json")
+
+
+def convert_checkpoint(spec: ModelSpec, dest: Path) -> None:
+    """`PUT /api/v2/models/convert/{key}`: a single-file checkpoint rewritten as a diffusers folder. It runs in the
+    Ingress process (ModelService calls it on a worker thread); torch is imported on the first conversion only."""
+    from serve_app.inference.convert import convert_to_diffusers
+
+    convert_to_diffusers(spec, dest)
+
+
+def scan_models_folder(models_dir: Path) -> list[ModelSpec]:
+    """Every model the folder layout of the catalog finds (main models, loras/, vae/)."""
+    return DirectoryModelCatalog(models_dir, "").list()
+
+
+def build_model_service(args: IngressArgs, pool: asyncpg.Pool, store: ObjectStore, bus: EventBus) -> ModelService:
+    """The model registry service over this replica's pool, with the real probe, hash and folder scan."""
+    return ModelService(
+        PgModelRegistry(pool),
+        models_dir=Path(args.models_dir),
+        store=store,
+        bus=bus,
+        cache_stats=PgCacheStats(pool),
+        settings=PgModelSettings(pool),
+        probe=probe_model,
+        hasher=hash_model,
+        sizer=model_size,
+        scan=scan_models_folder,
+        converter=convert_checkpoint,
+        allowed_roots=[Path(root) for root in args.model_import_roots],
+        # Models copied into the folder by hand show up in listings without a restart.
+        resync_interval_s=MODEL_RESYNC_INTERVAL_S,
+    )
+
+
 @contextlib.asynccontextmanager
 async def ingress_runtime(args: IngressArgs, jobs: JobGateway) -> AsyncIterator[ApiContext]:
     """The API's collaborators for one Ingress replica: its own pool and LISTEN connection (so events reach
@@ -103,19 +164,33 @@ async def ingress_runtime(args: IngressArgs, jobs: JobGateway) -> AsyncIterator[
     pool = await create_pool(args.database_url, min_size=1, max_size=8)
     feed = PgChangeFeed(args.database_url)
     store = build_store(args.storage)
-    catalog = build_catalog(args.models_dir, args.default_model)
     bus = PgEventBus(pool)
+    models = build_model_service(args, pool, store, bus)
     repo = PgJobRepository(pool)
     queue = PgSessionQueue(pool)
     images_repo = PgImageRepository(pool)
     images = ImageService(repo=images_repo, store=store, bus=bus)
+    model_jobs = PgModelJobStore(pool)
+    fetcher = HttpFetcher()
+    # Downloads may only write inside the models folder; local installs may also read the import roots.
+    downloads = DownloadService(model_jobs, fetch=fetcher, bus=bus, allowed_roots=[models.models_dir])
+    installs = InstallService(
+        model_jobs,
+        downloads,
+        models,
+        HfHubClient(),
+        bus,
+        allowed_roots=[models.models_dir, *(Path(root) for root in args.model_import_roots)],
+    )
     try:
         await feed.start()
+        # Models found in the models folder (the demo models among them) are registered on every start.
+        await models.sync_folder()
         yield ApiContext(
             jobs=jobs,
             store=store,
             version=args.version,
-            models=ModelService(catalog, refresh=catalog.refresh),
+            models=models,
             events=feed,
             status_events=StatusEvents(queue),
             session_queue=SessionQueueService(
@@ -127,8 +202,15 @@ async def ingress_runtime(args: IngressArgs, jobs: JobGateway) -> AsyncIterator[
             ),
             images=images,
             boards=BoardService(boards=images_repo, images=images_repo, store=store),
+            presets=PresetService(PgPresetStore(pool), registry=PgModelRegistry(pool)),
+            installs=installs,
+            downloads=downloads,
         )
     finally:
+        # Installs first: stopping one cancels its downloads.
+        await installs.aclose()
+        await downloads.aclose()
+        await fetcher.aclose()
         await images.aclose()
         await feed.stop()
         await pool.close()

@@ -163,3 +163,182 @@ class ImageRow(SQLModel, table=True):
     has_workflow: bool = Field(sa_column=sa.Column(sa.Boolean(), nullable=False, server_default=sa.false()))
     owner: str = Field(sa_column=sa.Column(sa.Text(), nullable=False, server_default="admin"))
     deleted_at: datetime | None = _timestamp(nullable=True)
+
+
+# Model management (migration 0004).
+
+
+def _text(*, nullable: bool, default: str | None = None) -> Any:
+    column = sa.Column(sa.Text(), nullable=nullable, server_default=default)
+    return Field(default=None, sa_column=column) if nullable else Field(sa_column=column)
+
+
+def _jsonb(*, nullable: bool, default: str | None = None) -> Any:
+    server_default = sa.text(default) if default is not None else None
+    column = sa.Column(JSONB(), nullable=nullable, server_default=server_default)
+    return Field(default=None, sa_column=column) if nullable else Field(sa_column=column)
+
+
+def _flag() -> Any:
+    return Field(sa_column=sa.Column(sa.Boolean(), nullable=False, server_default=sa.false()))
+
+
+def _bigint(default: str | None = None) -> Any:
+    return Field(sa_column=sa.Column(sa.BigInteger(), nullable=False, server_default=default))
+
+
+class ModelRow(SQLModel, table=True):
+    """One registered model (domain.models.ModelRecord)."""
+
+    __tablename__ = "models"
+    __table_args__ = (
+        sa.UniqueConstraint("path", name="models_path_key"),
+        # InvokeAI refuses a second model with the same name, base and type (409 on install or rename).
+        sa.UniqueConstraint("name", "base", "type", name="models_name_base_type_key"),
+    )
+
+    key: str = Field(sa_column=sa.Column(sa.Text(), primary_key=True))
+    name: str = _text(nullable=False)
+    base: str = _text(nullable=False)
+    type: str = _text(nullable=False)
+    format: str = _text(nullable=False)
+    path: str = _text(nullable=False)
+    hash: str = _text(nullable=False)
+    file_size: int = _bigint()
+    source: str = _text(nullable=False)
+    source_type: str = _text(nullable=False, default="path")
+    description: str | None = _text(nullable=True)
+    source_api_response: str | None = _text(nullable=True)
+    has_cover_image: bool = _flag()
+    trigger_phrases: list[str] | None = _jsonb(nullable=True)
+    default_settings: dict[str, Any] | None = _jsonb(nullable=True)
+    variant: str | None = _text(nullable=True)
+    prediction_type: str | None = _text(nullable=True)
+    upcast_attention: bool = _flag()
+    config_path: str | None = _text(nullable=True)
+    repo_variant: str = _text(nullable=False, default="")
+    converted_at: float | None = Field(default=None, sa_column=sa.Column(sa.Float(), nullable=True))
+    submodels: dict[str, Any] | None = _jsonb(nullable=True)
+    usage_info: str | None = _text(nullable=True)
+    created_at: datetime = _timestamp(nullable=False)
+    updated_at: datetime = _timestamp(nullable=False)
+
+
+class ModelRelationshipRow(SQLModel, table=True):
+    """An undirected relationship between two models, stored once with the smaller key first."""
+
+    __tablename__ = "model_relationships"
+    __table_args__ = (
+        sa.CheckConstraint("model_key_1 < model_key_2", name="model_relationships_ordered"),
+        sa.Index("model_relationships_key_2_idx", "model_key_2"),
+    )
+
+    model_key_1: str = Field(
+        sa_column=sa.Column(
+            sa.Text(), sa.ForeignKey("models.key", ondelete="CASCADE", onupdate="CASCADE"), primary_key=True
+        )
+    )
+    model_key_2: str = Field(
+        sa_column=sa.Column(
+            sa.Text(), sa.ForeignKey("models.key", ondelete="CASCADE", onupdate="CASCADE"), primary_key=True
+        )
+    )
+    created_at: datetime = _timestamp(nullable=False)
+
+
+class ModelInstallJobRow(SQLModel, table=True):
+    """One model install (domain.model_jobs.InstallJob)."""
+
+    __tablename__ = "model_install_jobs"
+
+    id: int = Field(sa_column=sa.Column(sa.BigInteger(), sa.Identity(always=True), primary_key=True))
+    status: str = _text(nullable=False, default="waiting")
+    source: dict[str, Any] = _jsonb(nullable=False)
+    inplace: bool = _flag()
+    config_in: dict[str, Any] = _jsonb(nullable=False, default="'{}'::jsonb")
+    config_out_key: str | None = _text(nullable=True)
+    local_path: str = _text(nullable=False, default="")
+    bytes: int = _bigint("0")
+    total_bytes: int = _bigint("0")
+    source_metadata: dict[str, Any] | None = _jsonb(nullable=True)
+    error_reason: str | None = _text(nullable=True)
+    error: str | None = _text(nullable=True)
+    error_traceback: str | None = _text(nullable=True)
+    created_at: datetime = _timestamp(nullable=False)
+    updated_at: datetime = _timestamp(nullable=False)
+
+
+class DownloadJobRow(SQLModel, table=True):
+    """One file download (domain.model_jobs.DownloadJob), on its own or as a part of an install."""
+
+    __tablename__ = "download_jobs"
+    __table_args__ = (sa.Index("download_jobs_install_idx", "install_job_id"),)
+
+    id: int = Field(sa_column=sa.Column(sa.BigInteger(), sa.Identity(always=True), primary_key=True))
+    install_job_id: int | None = Field(
+        default=None,
+        sa_column=sa.Column(sa.BigInteger(), sa.ForeignKey("model_install_jobs.id", ondelete="CASCADE"), nullable=True),
+    )
+    source: str = _text(nullable=False)
+    dest: str = _text(nullable=False)
+    download_path: str | None = _text(nullable=True)
+    status: str = _text(nullable=False, default="waiting")
+    bytes: int = _bigint("0")
+    total_bytes: int = _bigint("0")
+    priority: int = Field(sa_column=sa.Column(sa.Integer(), nullable=False, server_default="10"))
+    error_type: str | None = _text(nullable=True)
+    error: str | None = _text(nullable=True)
+    content_type: str | None = _text(nullable=True)
+    sha256: str | None = _text(nullable=True)
+    kind: str | None = _text(nullable=True)
+    owner: str = _text(nullable=False, default="admin")
+    job_started: datetime | None = _timestamp(nullable=True)
+    job_ended: datetime | None = _timestamp(nullable=True)
+    created_at: datetime = _timestamp(nullable=False)
+    updated_at: datetime = _timestamp(nullable=False)
+
+
+class ModelPresetRow(SQLModel, table=True):
+    """An Enfugue model preset (domain.presets.ModelPreset)."""
+
+    __tablename__ = "model_presets"
+
+    name: str = Field(sa_column=sa.Column(sa.Text(), primary_key=True))
+    checkpoint: str = _text(nullable=False)
+    size: int = Field(sa_column=sa.Column(sa.Integer(), nullable=False, server_default="512"))
+    prompt: str = _text(nullable=False, default="")
+    negative_prompt: str = _text(nullable=False, default="")
+    refiner: str | None = _text(nullable=True)
+    refiner_size: int | None = Field(default=None, sa_column=sa.Column(sa.Integer(), nullable=True))
+    inpainter: str | None = _text(nullable=True)
+    inpainter_size: int | None = Field(default=None, sa_column=sa.Column(sa.Integer(), nullable=True))
+    scheduler: str | None = _text(nullable=True)
+    vae: str | None = _text(nullable=True)
+    refiner_vae: str | None = _text(nullable=True)
+    inpainter_vae: str | None = _text(nullable=True)
+    lora: list[Any] = _jsonb(nullable=False, default="'[]'::jsonb")
+    lycoris: list[Any] = _jsonb(nullable=False, default="'[]'::jsonb")
+    inversion: list[Any] = _jsonb(nullable=False, default="'[]'::jsonb")
+    config: dict[str, Any] = _jsonb(nullable=False, default="'{}'::jsonb")
+    created_at: datetime = _timestamp(nullable=False)
+    updated_at: datetime = _timestamp(nullable=False)
+
+
+class ModelCacheStatsRow(SQLModel, table=True):
+    """What one Diffusion replica's model cache holds, in InvokeAI's `CacheStats` shape."""
+
+    __tablename__ = "model_cache_stats"
+
+    replica_id: str = Field(sa_column=sa.Column(sa.Text(), primary_key=True))
+    stats: dict[str, Any] = _jsonb(nullable=False)
+    updated_at: datetime = _timestamp(nullable=False)
+
+
+class ModelSettingRow(SQLModel, table=True):
+    """A small server-wide value (the Hugging Face token of `/api/v2/models/hf_login`)."""
+
+    __tablename__ = "model_settings"
+
+    name: str = Field(sa_column=sa.Column(sa.Text(), primary_key=True))
+    value: str = _text(nullable=False)
+    updated_at: datetime = _timestamp(nullable=False)

@@ -18,7 +18,8 @@ from serve_app.api.app import create_app
 from serve_app.api.deps import ApiContext
 from serve_app.domain.generation import Limits
 from serve_app.inference.executor import InProcessExecutor
-from serve_app.inference.loading import PipelineCache, pick_device
+from serve_app.inference.loading import pick_device
+from serve_app.inference.model_cache import ModelCache
 from serve_app.inference.runner import GenerationRunner
 from serve_app.inference.tiny import ensure_demo_models
 from serve_app.serving.args import QueueArgs, StorageArgs
@@ -38,7 +39,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def runner() -> GenerationRunner:
     device, dtype = pick_device()
-    return GenerationRunner(PipelineCache(2), device=device, dtype=dtype)
+    return GenerationRunner(ModelCache(), device=device, dtype=dtype)
 
 
 @pytest.fixture

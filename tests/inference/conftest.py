@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from serve_app.domain.models import ModelFamily, ModelFormat, ModelSpec
-from serve_app.inference.loading import PipelineCache
+from serve_app.inference.model_cache import ModelCache
 from serve_app.inference.runner import GenerationRunner
 from serve_app.inference.tiny import build_tiny_sd15, build_tiny_sdxl, save_diffusers, save_single_file
 
@@ -49,4 +49,4 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
 
 @pytest.fixture(scope="session")
 def runner() -> GenerationRunner:
-    return GenerationRunner(PipelineCache(8), device="cpu", dtype=torch.float32)
+    return GenerationRunner(ModelCache(), device="cpu", dtype=torch.float32)

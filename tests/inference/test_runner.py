@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from serve_app.domain.errors import InvalidRequest, JobCanceled
-from serve_app.inference.loading import PipelineCache
+from serve_app.inference.model_cache import ModelCache
 from serve_app.inference.runner import GenerationRunner, check_inputs
 from tests.inference.conftest import TinyModels
 from tests.inference.support import pixels, request
@@ -86,16 +86,15 @@ def test_a_job_canceled_before_it_starts_runs_no_step(models: TinyModels, runner
     assert steps == []
 
 
-def test_a_run_never_changes_the_cached_pipelines_scheduler(models: TinyModels) -> None:
-    cache = PipelineCache(1)
-    cached = cache.get(models.sd15)
-    scheduler, config = cached.scheduler, dict(cached.scheduler.config)
+def test_a_run_never_changes_the_cached_models_scheduler(models: TinyModels) -> None:
+    cache = ModelCache()
+    scheduler = cache.get(models.sd15, "scheduler")
+    config = dict(scheduler.config)
 
     GenerationRunner(cache).run(models.sd15, request(scheduler="eads"))
 
-    assert cache.get(models.sd15) is cached
-    assert cached.scheduler is scheduler
-    assert dict(cached.scheduler.config) == config
+    assert cache.get(models.sd15, "scheduler") is scheduler
+    assert dict(scheduler.config) == config
     # The run stepped its own scheduler: the shared one was never even given timesteps.
     assert scheduler.num_inference_steps is None
 
@@ -123,7 +122,7 @@ def test_check_inputs_names_the_bad_field_and_value(overrides: dict[str, object]
 
 
 def test_run_checks_inputs_before_loading_anything(models: TinyModels) -> None:
-    cache = PipelineCache(1)
+    cache = ModelCache()
     with pytest.raises(InvalidRequest):
         GenerationRunner(cache).run(models.sd15, request(width=65))
 

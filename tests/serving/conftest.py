@@ -6,6 +6,7 @@ can inspect rows directly. Everything it starts is stopped through its PID (SIGT
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -99,6 +100,8 @@ def stack(serving_database: str, tmp_path_factory: pytest.TempPathFactory) -> It
         # Short leases so a lost Queue replica's jobs come back within seconds in the tests.
         "SERVE_APP_LEASE_SECONDS": "5",
         "SERVE_APP_RAY_LOG_TO_DRIVER": "0",
+        # Local model installs may read this folder besides the models folder.
+        "SERVE_APP_MODEL_IMPORT_ROOTS": json.dumps([str(data_dir / "imports")]),
     }
     log_path = data_dir / "serve-app.log"
     with log_path.open("wb") as log_file:

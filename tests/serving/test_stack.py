@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -22,6 +23,7 @@ import socketio
 from PIL import Image
 
 from tests.support.invokeai_graphs import enqueue_body, sd1_txt2img
+from tests.support.tiny_models import peft_lora
 
 pytestmark = [pytest.mark.serving, pytest.mark.timeout(600)]
 
@@ -118,6 +120,77 @@ async def test_an_invokeai_script_runs_unchanged_through_ray_serve(stack):
                 full = await http.get(f"/api/v1/images/i/{name}/full")
                 assert full.status_code == 200
                 assert Image.open(io.BytesIO(full.content)).size == (64, 64)
+    finally:
+        await client.disconnect()
+
+
+async def _until(fetch: Callable[[], Awaitable[Any]], accept: Callable[[Any], bool], timeout: float = 60.0) -> Any:
+    """Poll `fetch` until `accept` holds (the state under test is written by another process)."""
+    async with asyncio.timeout(timeout):
+        while not accept(value := await fetch()):
+            await asyncio.sleep(0.2)
+    return value
+
+
+async def test_a_model_installed_through_the_api_runs_on_the_replicas_which_report_their_cache(stack):
+    """Install a peft LoRA from an import folder, generate with it (model-load events on Socket.IO), then read
+    the replicas' cache stats and empty their caches, all through Serve."""
+    lora_file = peft_lora(stack.data_dir / "imports", base="sd-1", seed=3, name="ray-lora")
+    client = socketio.AsyncClient(reconnection=False)
+    events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    async def on_any(event: str, data: Any = None) -> None:
+        events.put_nowait((event, data))
+
+    client.on("*", on_any)
+    await client.connect(stack.url, socketio_path="/ws/socket.io", transports=["websocket"], wait_timeout=30)
+    try:
+        await client.call("subscribe_queue", {"queue_id": "default"}, timeout=30)
+        async with httpx.AsyncClient(base_url=stack.url, timeout=30) as http:
+            response = await http.post("/api/v2/models/install", params={"source": str(lora_file)}, json={})
+            assert response.status_code == 201, response.text
+
+            async def install_job() -> dict[str, Any]:
+                return (await http.get(f"/api/v2/models/install/{response.json()['id']}")).json()
+
+            job = await _until(install_job, lambda job: job["status"] in ("completed", "error"))
+            assert job["status"] == "completed", job
+            lora = job["config_out"]
+            assert (lora["base"], lora["type"], lora["format"]) == ("sd-1", "lora", "lycoris")
+
+            main = (await http.get("/api/v2/models/", params={"model_name": "demo-sd15"})).json()["models"][0]
+            identifier = {key: main[key] for key in ("key", "hash", "name", "base", "type")}
+            lora_id = {key: lora[key] for key in ("key", "hash", "name", "base", "type")}
+            graph, _ = sd1_txt2img(identifier, width=64, height=64, steps=2, loras=[(lora_id, 1.0)])
+            enqueued = await http.post(
+                "/api/v1/queue/default/enqueue_batch", json=enqueue_body(graph, seeds=[5], prompts=["a cat"])
+            )
+            assert enqueued.status_code == 200, enqueued.text
+            [item_id] = enqueued.json()["item_ids"]
+
+            loaded: list[tuple[str, str | None]] = []
+            async with asyncio.timeout(120):
+                while True:
+                    event, data = await events.get()
+                    if event == "model_load_complete":
+                        loaded.append((data["config"]["key"], data["submodel_type"]))
+                    finished = data.get("status") in ("completed", "failed", "canceled") if data else False
+                    if event == "queue_item_status_changed" and data["item_id"] == item_id and finished:
+                        assert data["status"] == "completed", data
+                        break
+            assert (main["key"], "unet") in loaded
+            assert any(key == lora["key"] for key, _ in loaded)
+
+            async def stats() -> Any:
+                return (await http.get("/api/v2/models/stats")).json()
+
+            lora_entry = f"sd-1:lora:{lora['name']}:"
+            held = await _until(stats, lambda s: s is not None and lora_entry in s["loaded_model_sizes"])
+            assert held["in_cache"] > 0 and held["misses"] > 0
+
+            assert (await http.post("/api/v2/models/empty_model_cache")).status_code == 200
+            emptied = await _until(stats, lambda s: s is not None and s["in_cache"] == 0)
+            assert emptied["loaded_model_sizes"] == {} and emptied["cleared"] >= held["in_cache"]
     finally:
         await client.disconnect()
 

@@ -1,4 +1,4 @@
-"""DirectoryModelCatalog: diffusers folders and checkpoints found by scanning plain files and JSON."""
+"""DirectoryModelCatalog: what the models folder holds, each entry recognised by probing its files."""
 
 from __future__ import annotations
 
@@ -25,6 +25,30 @@ def _diffusers(folder: Path, class_name: str, *, hidden_size: int | None = None,
     return folder
 
 
+# Tensor names probing reads from a single-file checkpoint's header (the tensors themselves are never loaded).
+SD1_CHECKPOINT = {"model.diffusion_model.input_blocks.0.0.weight": (4, 4, 1, 1), "cond_stage_model.transformer.w": (1,)}
+SDXL_CHECKPOINT = {
+    "model.diffusion_model.input_blocks.0.0.weight": (4, 4, 1, 1),
+    "conditioner.embedders.0.transformer.w": (1,),
+    "conditioner.embedders.1.model.w": (1,),
+}
+
+
+def _checkpoint(path: Path, keys: Mapping[str, tuple[int, ...]]) -> Path:
+    """A single-file checkpoint with these tensors (zeros): safetensors, or a torch zip pickle for `.ckpt`."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {name: torch.zeros(shape) for name, shape in keys.items()}
+    if path.suffix == ".ckpt":
+        torch.save({"state_dict": state}, path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    return path
+
+
 @pytest.fixture
 def models_dir(tmp_path: Path) -> Path:
     root = tmp_path / "models"
@@ -32,11 +56,13 @@ def models_dir(tmp_path: Path) -> Path:
     _diffusers(root / "sd21-base", "StableDiffusionPipeline", hidden_size=1024)
     _diffusers(root / "sd21-v", "StableDiffusionPipeline", prediction="v_prediction")
     _diffusers(root / "juggernaut", "StableDiffusionXLPipeline")
-    (root / "sd_xl_base.safetensors").touch()
-    (root / "dreamshaper.ckpt").touch()
-    # Named like SD1.5 but its config folder says SDXL: the config wins over the name.
-    (root / "mystery.safetensors").touch()
+    _checkpoint(root / "sd_xl_base.safetensors", SDXL_CHECKPOINT)
+    _checkpoint(root / "dreamshaper.ckpt", SD1_CHECKPOINT)
+    # Named like nothing in particular: its tensors say SDXL; its config folder is what loads it offline.
+    _checkpoint(root / "mystery.safetensors", SDXL_CHECKPOINT)
     _diffusers(root / "mystery.config", "StableDiffusionXLPipeline")
+    # An empty file named like a checkpoint is not a model.
+    (root / "placeholder.safetensors").touch()
     # Neither models nor noise in the listing.
     _diffusers(root / ".tmp-download", "StableDiffusionPipeline")
     _diffusers(root / ".hidden", "StableDiffusionPipeline")
@@ -54,6 +80,8 @@ def test_lists_models_sorted_with_family_and_format(models_dir: Path) -> None:
     assert {name: (spec.family, spec.format) for name, spec in specs.items()} == {
         "demo-sd15": (ModelFamily.SD1, ModelFormat.DIFFUSERS),
         "dreamshaper.ckpt": (ModelFamily.SD1, ModelFormat.CHECKPOINT),
+        # Listed as what it is; running it fails with "not supported" (as InvokeAI lists models it cannot run).
+        "flux": (ModelFamily.FLUX, ModelFormat.DIFFUSERS),
         "juggernaut": (ModelFamily.SDXL, ModelFormat.DIFFUSERS),
         "mystery.safetensors": (ModelFamily.SDXL, ModelFormat.CHECKPOINT),
         "sd21-base": (ModelFamily.SD2, ModelFormat.DIFFUSERS),
@@ -79,10 +107,10 @@ def test_checkpoints_resolve_by_stem(models_dir: Path) -> None:
 
 
 def test_stem_alias_prefers_safetensors_and_never_shadows_a_real_name(tmp_path: Path) -> None:
-    (tmp_path / "m.ckpt").touch()
-    (tmp_path / "m.safetensors").touch()
+    _checkpoint(tmp_path / "m.ckpt", SD1_CHECKPOINT)
+    _checkpoint(tmp_path / "m.safetensors", SD1_CHECKPOINT)
     _diffusers(tmp_path / "d", "StableDiffusionPipeline")
-    (tmp_path / "d.safetensors").touch()
+    _checkpoint(tmp_path / "d.safetensors", SD1_CHECKPOINT)
     catalog = DirectoryModelCatalog(tmp_path, "m")
     assert catalog.resolve("m").name == "m.safetensors"
     assert catalog.resolve("d").format is ModelFormat.DIFFUSERS
@@ -95,7 +123,9 @@ def test_default_model(models_dir: Path) -> None:
         DirectoryModelCatalog(models_dir, "gone").resolve(None)
 
 
-@pytest.mark.parametrize("name", ["nope", "flux", "broken", "empty-folder", ".tmp-download", ".hidden", "notes.txt"])
+@pytest.mark.parametrize(
+    "name", ["nope", "broken", "empty-folder", ".tmp-download", ".hidden", "notes.txt", "placeholder.safetensors"]
+)
 def test_unknown_or_skipped_names(models_dir: Path, name: str) -> None:
     with pytest.raises(ModelNotFound) as info:
         DirectoryModelCatalog(models_dir, "demo-sd15").resolve(name)
@@ -216,3 +246,20 @@ def test_get_rescans_for_an_unknown_key(addons_dir: Path) -> None:
     late = DirectoryModelCatalog(addons_dir, "demo-sd15").list()
     key = next(spec.key for spec in late if spec.name == "late")
     assert catalog.get(key).type is ModelType.LORA
+
+
+def test_lycoris_and_embeddings_folders_and_misplaced_files(tmp_path: Path) -> None:
+    from tests.support.tiny_models import textual_inversion
+
+    root = tmp_path / "models"
+    write_lora(
+        root / "lycoris" / "hada.safetensors", {"lora_unet_x.hada_w1_a": (4, 32), "lora_unet_x.hada_w1_b": (4, 32)}
+    )
+    textual_inversion(root / "embeddings", name="cat-toy", fmt="diffusers")
+    # A LoRA dropped among the embeddings is not listed as one (nor as a LoRA: it is in the wrong folder).
+    write_lora(root / "embeddings" / "stray.safetensors", SD1_LORA_KEYS)
+    found = {(spec.name, spec.type, spec.format) for spec in DirectoryModelCatalog(root, "x").list()}
+    assert found == {
+        ("hada", ModelType.LORA, ModelFormat.LYCORIS),
+        ("cat-toy", ModelType.EMBEDDING, ModelFormat.EMBEDDING_FILE),
+    }

@@ -13,9 +13,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from serve_app.api.deps import ContextDep, JobsDep, OwnerDep, StoreDep
-from serve_app.api.enfugue.schemas import UNSUPPORTED_KEYS, InvokeBody, invocation_status
+from serve_app.api.enfugue.schemas import UNSUPPORTED_KEYS, InvokeBody, describe_errors, invocation_status
 from serve_app.api.errors import ENFUGUE_MEDIA_TYPE, HttpError
-from serve_app.domain.errors import InvalidRequest, JobNotFound, ModelNotFound
+from serve_app.domain.errors import InvalidRequest, JobNotFound
 from serve_app.domain.images import image_key, thumbnail_key
 from serve_app.domain.jobs import JobStatus
 
@@ -26,12 +26,13 @@ _IMAGE_FILE = re.compile(r"^[0-9a-f]{32}_[0-9]{1,4}\.png$")
 _IMMUTABLE = "public, max-age=31536000, immutable"
 
 
-def envelope(request: Request, data: Any) -> JSONResponse:
-    """Enfugue's success envelope: query params as lists under meta.params (enfugue-api.md §1.2)."""
+def envelope(request: Request, data: Any, **meta: Any) -> JSONResponse:
+    """Enfugue's success envelope: query params as lists under meta.params (enfugue-api.md §1.2), plus any
+    extra `meta` (the REST listings' `count`)."""
     params: dict[str, list[str]] = {}
     for key, value in request.query_params.multi_items():
         params.setdefault(key, []).append(value)
-    return JSONResponse({"meta": {"params": params}, "data": data}, media_type=ENFUGUE_MEDIA_TYPE)
+    return JSONResponse({"meta": {"params": params, **meta}, "data": data}, media_type=ENFUGUE_MEDIA_TYPE)
 
 
 def _parse_uuid(value: str) -> uuid.UUID:
@@ -62,21 +63,17 @@ async def status(request: Request, context: ContextDep, jobs: JobsDep) -> JSONRe
 
 @router.post("/invoke", summary="Submit a generation")
 async def invoke(request: Request, jobs: JobsDep, owner: OwnerDep) -> JSONResponse:
-    body = await _json_object(request)
+    body = await json_object(request)
     unsupported = [key for key in UNSUPPORTED_KEYS if body.get(key) not in (None, [], "", False)]
     if unsupported:
         raise HttpError(501, f"Not supported by this server yet: {', '.join(unsupported)}")
     try:
-        params = InvokeBody.model_validate(body)
-        generation = params.to_domain()
+        generation = InvokeBody.model_validate(body).to_domain()
     except ValidationError as exc:
-        raise InvalidRequest(_describe(exc)) from None
-    try:
-        job = await jobs.submit_generation(generation, owner=owner)
-    except ModelNotFound as exc:
-        if params.resolved_model_type() == "checkpoint":
-            raise InvalidRequest(f"Cannot find or access {exc.name}", field="model") from None
-        raise
+        raise InvalidRequest(describe_errors(exc)) from None
+    # Models are resolved where the registry is (the Queue): an unknown preset is 404 "Unknown diffusion
+    # model X", an unknown checkpoint, LoRA, VAE or inversion 400 "Cannot find or access X".
+    job = await jobs.submit_generation(generation, owner=owner)
     return envelope(request, invocation_status(job))
 
 
@@ -117,7 +114,7 @@ async def cancel_invocation(request: Request, uid: str, jobs: JobsDep) -> JSONRe
     return envelope(request, invocation_status(await jobs.cancel(_parse_uuid(uid))))
 
 
-async def _json_object(request: Request) -> dict[str, Any]:
+async def json_object(request: Request) -> dict[str, Any]:
     raw = await request.body()
     if not raw.strip():
         return {}
@@ -128,7 +125,3 @@ async def _json_object(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("Request body must be a JSON object.")
     return body
-
-
-def _describe(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors())

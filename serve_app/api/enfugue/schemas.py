@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from serve_app.domain.errors import InvalidRequest
 from serve_app.domain.generation import GenerationRequest
 from serve_app.domain.jobs import Job, JobStatus
+from serve_app.domain.presets import ModelPreset, WeightedModel
+from serve_app.services.presets import MODEL_DEFAULT_FIELDS
 
 # Parameters Enfugue accepts that this server does not run yet. Ignoring them silently would
 # return a plain txt2img image for an img2img request, so they are refused with 501 instead.
 UNSUPPORTED_KEYS = (
-    "image", "mask", "control_image", "nodes", "upscale", "refiner", "inpainter", "lora", "lycoris",
-    "inversion", "vae", "controlnet", "remove_background",
+    "image", "mask", "control_image", "nodes", "upscale", "refiner", "inpainter", "controlnet", "remove_background",
 )  # fmt: skip
 
 CANCELED_MESSAGE = "The invocation was canceled."
@@ -37,36 +41,177 @@ class InvokeBody(BaseModel):
     seed: int | None = None
     samples: int = Field(default=1, ge=1)
     iterations: int = Field(default=1, ge=1)
-    num_inference_steps: int = 40
-    guidance_scale: float = 7.5
+    # None: the model preset's default configuration, else Enfugue's defaults (40 and 7.5).
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
     scheduler: str | None = None
+    # str | {model, weight} | a list of either (inversion: str | {model} | a list); checked in to_domain.
+    lora: Any = None
+    lycoris: Any = None
+    inversion: Any = None
+    vae: str | None = None
+    model_prompt: str | None = None
+    model_negative_prompt: str | None = None
     intermediates: bool | None = None
     state: Any = None
 
-    def resolved_model_type(self) -> str:
-        """Enfugue infers `checkpoint` from a file extension in the name (enfugue-api.md §5.1)."""
-        if self.model_type:
-            return self.model_type
-        name = (self.model or "").lower()
-        return "checkpoint" if ".ckpt" in name or ".safetensors" in name else "model"
-
     def to_domain(self) -> GenerationRequest:
+        """The domain request; InvalidRequest (with Enfugue's messages) for a badly shaped model list."""
         values: dict[str, Any] = {
             "model": self.model,
+            "model_type": self.model_type,
             "prompt": self.prompt or "",
             "negative_prompt": self.negative_prompt or "",
             "prompt_2": self.prompt_2,
             "negative_prompt_2": self.negative_prompt_2,
-            "width": self.size if self.width is None else self.width,
-            "height": self.size if self.height is None else self.height,
-            "steps": self.num_inference_steps,
-            "guidance_scale": self.guidance_scale,
+            "model_prompt": self.model_prompt or None,
+            "model_negative_prompt": self.model_negative_prompt or None,
+            "size": self.size,
+            "width": self.width,
+            "height": self.height,
             "num_images": self.samples * self.iterations,
             "scheduler": self.scheduler or None,
+            "lora": weighted_models("lora", self.lora),
+            "lycoris": weighted_models("lycoris", self.lycoris),
+            "inversion": model_names("inversion", self.inversion),
+            "vae": self.vae or None,
         }
-        if self.seed is not None:
-            values["seed"] = self.seed
+        # Left out unless given, so that a preset's defaults apply (see GenerationRequest.steps).
+        for field, value in (("seed", self.seed), ("steps", self.num_inference_steps),
+                             ("guidance_scale", self.guidance_scale)):  # fmt: skip
+            if value is not None:
+                values[field] = value
         return GenerationRequest(**values)
+
+
+def _model_entries(kind: str, value: Any, shape: str) -> list[tuple[str, Any]]:
+    """(model, weight or None) per entry of Enfugue's `str | {model, ...} | [either, ...]` (None/""/[]: none)."""
+    bad = InvalidRequest(f"Bad format for {kind} - must be {shape}", field=kind)
+    if value is None or value == "":
+        return []
+    entries: list[tuple[str, Any]] = []
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, str) and item.strip():
+            entries.append((item.strip(), None))
+        elif isinstance(item, dict):
+            model = item.get("model")
+            if model is None or model == "":
+                raise InvalidRequest("Bad model format - missing required dictionary key `model`", field=kind)
+            if not isinstance(model, str) or not model.strip():
+                raise bad
+            entries.append((model.strip(), item.get("weight")))
+        else:
+            raise bad
+    return entries
+
+
+def weighted_models(kind: str, value: Any) -> list[WeightedModel]:
+    """`lora` / `lycoris`: a file name (weight 1), a `{model, weight=1.0}` dict, or a list of either."""
+    shape = "a string, a dictionary with the key `model` and optionally `weight`, or a list of either"
+    models = []
+    for model, weight in _model_entries(kind, value, shape):
+        models.append(WeightedModel(model=model, weight=1.0 if weight is None else _weight(kind, weight)))
+    return models
+
+
+def model_names(kind: str, value: Any) -> list[str]:
+    """`inversion`: a file name, a `{model}` dict, or a list of either."""
+    shape = "a string, a dictionary with the key `model`, or a list of either"
+    return [model for model, _ in _model_entries(kind, value, shape)]
+
+
+def _weight(kind: str, value: Any) -> float:
+    try:
+        # Enfugue's deserializer turns numeric strings into numbers, so "0.5" is a weight there too.
+        weight = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else math.nan
+    except ValueError:
+        weight = math.nan
+    if not math.isfinite(weight):
+        raise InvalidRequest(f"Bad format for {kind} - `weight` must be a number, got {value!r}", field=kind)
+    return weight
+
+
+def describe_errors(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors())
+
+
+# `/api/models` (enfugue-api.md §8, §10.1). A preset's relations are rows of their own in Enfugue; each
+# `?include=` name renders as a list of them, shaped as its ORM class: (class, attributes per row).
+def _one(cls: str, **attributes: Any) -> list[dict[str, Any]]:
+    return [{"type": cls, "attributes": attributes}]
+
+
+def _sized(cls: str, preset: ModelPreset, model: str | None, size: int | None) -> list[dict[str, Any]]:
+    return [] if model is None else _one(cls, diffusion_model_name=preset.name, model=model, size=size)
+
+
+def _named(cls: str, preset: ModelPreset, name: str | None) -> list[dict[str, Any]]:
+    return [] if name is None else _one(cls, diffusion_model_name=preset.name, name=name)
+
+
+def _weighted(cls: str, preset: ModelPreset, items: Sequence[WeightedModel]) -> list[dict[str, Any]]:
+    return [{"type": cls, "attributes": {"diffusion_model_name": preset.name, "model": item.model,
+             "weight": item.weight}} for item in items]  # fmt: skip
+
+
+INCLUDES: dict[str, Callable[[ModelPreset], list[dict[str, Any]]]] = {
+    "refiner": lambda p: _sized("DiffusionModelRefiner", p, p.refiner, p.refiner_size),
+    "inpainter": lambda p: _sized("DiffusionModelInpainter", p, p.inpainter, p.inpainter_size),
+    "scheduler": lambda p: [] if p.scheduler is None else _one(
+        "DiffusionModelScheduler", context="", diffusion_model_name=p.name, name=p.scheduler),
+    "vae": lambda p: _named("DiffusionModelVAE", p, p.vae),
+    "refiner_vae": lambda p: _named("DiffusionModelRefinerVAE", p, p.refiner_vae),
+    "inpainter_vae": lambda p: _named("DiffusionModelInpainterVAE", p, p.inpainter_vae),
+    "lora": lambda p: _weighted("DiffusionModelLora", p, p.lora),
+    "lycoris": lambda p: _weighted("DiffusionModelLycoris", p, p.lycoris),
+    "inversion": lambda p: [{"type": "DiffusionModelInversion",
+                             "attributes": {"diffusion_model_name": p.name, "model": model}} for model in p.inversion],
+    "config": lambda p: [{"type": "DiffusionModelDefaultConfiguration",
+                          "attributes": {"configuration_key": key, "configuration_value": value,
+                                         "diffusion_model_name": p.name}} for key, value in sorted(p.config.items())],
+}  # fmt: skip
+
+
+def preset_object(preset: ModelPreset, include: Sequence[str] = ()) -> dict[str, Any]:
+    """A preset as Enfugue's `DiffusionModel` ORM object, with the relations named in `include` (known names)."""
+    attributes = {"model": preset.checkpoint, "name": preset.name, "negative_prompt": preset.negative_prompt,
+                  "prompt": preset.prompt, "size": preset.size}  # fmt: skip
+    result: dict[str, Any] = {"type": "DiffusionModel", "attributes": attributes}
+    if include:
+        result["include"] = {name: INCLUDES[name](preset) for name in include}
+    return result
+
+
+def _blank(value: Any) -> Any:
+    # Enfugue's UI sends "" for a field left empty.
+    return None if value == "" else value
+
+
+def preset_from_body(body: dict[str, Any], current: ModelPreset | None = None) -> ModelPreset:
+    """`POST /api/models` (current None: name and checkpoint required) or `PATCH /api/models/{name}` (name,
+    checkpoint, size and prompts default to the current values; every relation is replaced by the body's,
+    absent meaning none, as Enfugue deletes and rewrites them)."""
+    values: dict[str, Any] = {}
+    for key, column in (("name", "name"), ("checkpoint", "checkpoint"), ("size", "size"), ("prompt", "prompt"),
+                        ("negative_prompt", "negative_prompt")):  # fmt: skip
+        value = _blank(body.get(key))
+        if value is None and current is not None:
+            value = getattr(current, column)
+        if value is None and key in ("name", "checkpoint"):
+            raise InvalidRequest(f"Missing required parameter '{key}'", field=key)
+        if value is not None:
+            values[column] = value
+    for key in ("refiner", "refiner_size", "inpainter", "inpainter_size", "scheduler", "vae", "refiner_vae",
+                "inpainter_vae"):  # fmt: skip
+        values[key] = _blank(body.get(key))
+    values["lora"] = weighted_models("lora", body.get("lora"))
+    values["lycoris"] = weighted_models("lycoris", body.get("lycoris"))
+    values["inversion"] = model_names("inversion", body.get("inversion"))
+    values["config"] = {key: body[key] for key in MODEL_DEFAULT_FIELDS if _blank(body.get(key)) is not None}
+    try:
+        return ModelPreset.model_validate(values)
+    except ValidationError as exc:
+        raise InvalidRequest(describe_errors(exc)) from None
 
 
 def image_entries(job: Job) -> list[str]:

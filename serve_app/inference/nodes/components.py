@@ -1,19 +1,20 @@
-"""The parts of a model that graph nodes use one at a time: UNet, scheduler, text encoders, VAE, LoRAs.
+"""The parts of models that graph nodes use one at a time: UNet, scheduler, text encoders, VAE, LoRAs, embeddings.
 
-Everything comes from the shared `PipelineCache` (a main model is loaded once, whichever node asks first); a
-standalone VAE and parsed LoRA files have small LRU caches of their own here. Not thread-safe, like the pipeline
-cache: a replica runs one node at a time, and LoRA patching mutates the shared UNet/text encoders in place.
+Everything comes from the replica's `ModelCache`, part by part (a main model's `unet`, `text_encoder`, ...;
+whole standalone VAEs, LoRAs and embeddings), so each is counted against the memory budget and evicted on its
+own. Every request for a part, hit or miss, is reported to `on_load` before and after, as InvokeAI reports
+`model_load_started`/`_complete`. Not thread-safe: a replica runs one node at a time, and LoRA and
+textual-inversion patching mutate the shared models in place for the length of a call.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Literal
 
 import torch
 from diffusers import AutoencoderKL
@@ -22,23 +23,29 @@ from safetensors.torch import load_file
 
 from serve_app.domain.errors import GenerationFailed, InvalidRequest
 from serve_app.domain.models import ModelFormat, ModelSpec, ModelType
-from serve_app.inference.loading import PipelineCache
+from serve_app.inference.loading import assemble_pipeline, main_parts
+from serve_app.inference.model_cache import ModelCache
+from serve_app.inference.nodes.embeddings import TextualInversion, read_embedding
 from serve_app.inference.nodes.lora import TEXT_ENCODER, TEXT_ENCODER_2, UNET, LoRAModel, lora_patched, read_lora
 from serve_app.inference.schedulers import make_scheduler
 
 logger = logging.getLogger(__name__)
 
 _VAE_PREFIXES = ("first_stage_model.", "vae.")
-_T = TypeVar("_T")
+
+# (model, submodel or None for a whole model, "started" | "complete").
+LoadHook = Callable[[ModelSpec, str | None, Literal["started", "complete"]], None]
 
 
 @dataclass(frozen=True)
 class TextEncoder:
-    """One tokenizer/encoder pair; `lora_target` names the LoRA section that patches it."""
+    """One tokenizer/encoder pair; `lora_target` names the LoRA section that patches it. `triggers` maps a
+    textual-inversion trigger (`<name>`) to the token ids it stands for while an embedding is applied."""
 
     tokenizer: Any
     encoder: Any
     lora_target: str
+    triggers: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -50,88 +57,90 @@ class LoRAWeight:
 
 
 class ModelComponents:
-    """Components of cached models, on one device and dtype."""
+    """Parts of cached models, on one device and dtype."""
 
     def __init__(
         self,
-        cache: PipelineCache,
+        cache: ModelCache,
         *,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
-        max_vaes: int = 2,
-        max_loras: int = 16,
+        on_load: LoadHook | None = None,
     ) -> None:
-        self._cache = cache
+        self.cache = cache
         self.device = torch.device(device)
         self.dtype = dtype
-        self._vaes: _Lru[Any] = _Lru(max_vaes)
-        self._loras: _Lru[LoRAModel] = _Lru(max_loras)
+        self._on_load = on_load
+
+    def part(self, spec: ModelSpec, submodel: str) -> Any:
+        """Part `submodel` (`unet`, `text_encoder`, `tokenizer`, `scheduler`, `vae`, ...) of main model `spec`."""
+        _require(spec, ModelType.MAIN)
+        return self._get(spec, submodel)
 
     def pipeline(self, spec: ModelSpec) -> Any:
-        """The loaded diffusers pipeline of main model `spec`."""
+        """A diffusers pipeline over the cached parts of main model `spec` (assembled per call, parts shared)."""
         _require(spec, ModelType.MAIN)
-        return self._cache.get(spec, device=self.device, dtype=self.dtype)
+        return assemble_pipeline(spec, {name: self._get(spec, name) for name in main_parts(spec)})
 
     def unet(self, spec: ModelSpec) -> Any:
-        return self.pipeline(spec).unet
+        return self.part(spec, "unet")
 
     def scheduler_config(self, spec: ModelSpec) -> Mapping[str, Any]:
         """The model's own scheduler config (its noise schedule, prediction type)."""
-        return self.pipeline(spec).scheduler.config  # type: ignore[no-any-return]
+        return self.part(spec, "scheduler").config  # type: ignore[no-any-return]
 
     def scheduler(self, spec: ModelSpec, name: str | None, *, seed: int | None = None) -> Any:
         """A fresh scheduler `name` (either dialect; None = the model's own class) over the model's config."""
-        own = self.pipeline(spec).scheduler
+        own = self.part(spec, "scheduler")
         return make_scheduler(name, own.config, type(own), seed=seed)
+
+    def text_encoder(self, spec: ModelSpec, which: str = TEXT_ENCODER) -> TextEncoder:
+        """`text_encoder` (CLIP-L) or `text_encoder_2` (SDXL's OpenCLIP-G) with its tokenizer, in that order."""
+        if which not in main_parts(spec) or not which.startswith(TEXT_ENCODER):
+            raise InvalidRequest(f"Model {spec.name} has no {which} (is it an SDXL model?)", field="clip2")
+        encoder = self.part(spec, which)
+        tokenizer = self.part(spec, which.replace(TEXT_ENCODER, "tokenizer"))
+        return TextEncoder(tokenizer, encoder, which)
 
     def text_encoders(self, spec: ModelSpec) -> tuple[TextEncoder, ...]:
         """One encoder for SD 1.x/2.x; two for SDXL (CLIP-L, then OpenCLIP-G with the pooled projection)."""
-        pipe = self.pipeline(spec)
-        encoders = [TextEncoder(pipe.tokenizer, pipe.text_encoder, TEXT_ENCODER)]
-        if getattr(pipe, "text_encoder_2", None) is not None:
-            encoders.append(TextEncoder(pipe.tokenizer_2, pipe.text_encoder_2, TEXT_ENCODER_2))
-        return tuple(encoders)
+        return tuple(
+            self.text_encoder(spec, name) for name in (TEXT_ENCODER, TEXT_ENCODER_2) if name in main_parts(spec)
+        )
 
     def vae(self, spec: ModelSpec, *, main: ModelSpec | None = None) -> Any:
-        """A main model's own VAE, or a standalone VAE model (`type` vae), loaded once and cached.
+        """A main model's own VAE, or a standalone VAE model (`type` vae).
 
         A single-file VAE without `config_path` takes its architecture from `main`'s VAE (the model it is
         decoding for), since diffusers would otherwise fetch a config from the hub."""
         if spec.type is ModelType.MAIN:
-            return self.pipeline(spec).vae
+            return self.part(spec, "vae")
         _require(spec, ModelType.VAE)
-        key = (spec, str(self.device), self.dtype)
-        vae = self._vaes.get(key)
-        if vae is None:
+
+        def load() -> Any:
             fallback = self.vae(main).config if main is not None else None
             vae = _load_vae(spec, fallback).to(device=self.device, dtype=self.dtype)
             vae.eval()
-            self._vaes.put(key, vae)
             logger.info("Loaded VAE %s on %s as %s", spec.name, self.device, self.dtype)
-        return vae
+            return vae
+
+        return self._get(spec, None, load)
 
     def lora(self, spec: ModelSpec) -> LoRAModel:
-        """The parsed layers of LoRA `spec`, on this device, read once and cached."""
+        """The parsed layers of LoRA `spec`, on this device."""
         _require(spec, ModelType.LORA)
-        key = (spec, str(self.device), self.dtype)
-        lora = self._loras.get(key)
-        if lora is None:
-            lora = read_lora(spec.path, name=spec.name)
-            lora = replace(
-                lora,
-                layers=tuple(
-                    replace(layer, down=layer.down.to(self.device), up=layer.up.to(self.device))
-                    for layer in lora.layers
-                ),
-            )
-            self._loras.put(key, lora)
-        return lora
+        return self._get(spec, None, lambda: read_lora(spec.path, name=spec.name).to(self.device))  # type: ignore[no-any-return]
+
+    def embedding(self, spec: ModelSpec) -> TextualInversion:
+        """The vectors of textual-inversion embedding `spec` (kept on the CPU; they are a few KB)."""
+        _require(spec, ModelType.EMBEDDING)
+        return self._get(spec, None, lambda: read_embedding(spec.path, name=spec.name))  # type: ignore[no-any-return]
 
     @contextmanager
     def unet_with_loras(self, spec: ModelSpec, loras: Sequence[LoRAWeight] = ()) -> Iterator[Any]:
         """The model's UNet with `loras` merged in; the original weights come back when the block exits."""
         unet = self.unet(spec)
-        with lora_patched(unet, UNET, self._resolved(loras)):
+        with lora_patched(unet, UNET, self.resolved(loras)):
             yield unet
 
     @contextmanager
@@ -140,15 +149,23 @@ class ModelComponents:
     ) -> Iterator[tuple[TextEncoder, ...]]:
         """The model's text encoders with the text-encoder part of `loras` merged in, until the block exits."""
         encoders = self.text_encoders(spec)
-        resolved = self._resolved(loras)
+        resolved = self.resolved(loras)
         with ExitStack() as stack:
             for encoder in encoders:
                 stack.enter_context(lora_patched(encoder.encoder, encoder.lora_target, resolved))
             yield encoders
 
-    def _resolved(self, loras: Sequence[LoRAWeight]) -> list[tuple[LoRAModel, float]]:
+    def resolved(self, loras: Sequence[LoRAWeight]) -> list[tuple[LoRAModel, float]]:
         # Weight-0 LoRAs are not even read: they must leave every pixel as it is.
         return [(self.lora(item.spec), item.weight) for item in loras if item.weight != 0]
+
+    def _get(self, spec: ModelSpec, submodel: str | None, load: Callable[[], Any] | None = None) -> Any:
+        if self._on_load is not None:
+            self._on_load(spec, submodel, "started")
+        value = self.cache.get(spec, submodel, device=self.device, dtype=self.dtype, load=load)
+        if self._on_load is not None:
+            self._on_load(spec, submodel, "complete")
+        return value
 
 
 def _require(spec: ModelSpec, kind: ModelType) -> None:
@@ -190,21 +207,3 @@ def _vae_from_checkpoint(spec: ModelSpec, config: Mapping[str, Any] | None) -> A
         converted = convert_ldm_vae_checkpoint(state, dict(config))  # type: ignore[no-untyped-call]
     vae.load_state_dict(converted)
     return vae
-
-
-class _Lru(Generic[_T]):
-    def __init__(self, size: int) -> None:
-        self._size = max(size, 1)
-        self._items: OrderedDict[object, _T] = OrderedDict()
-
-    def get(self, key: object) -> _T | None:
-        item = self._items.get(key)
-        if item is not None:
-            self._items.move_to_end(key)
-        return item
-
-    def put(self, key: object, item: _T) -> None:
-        self._items[key] = item
-        self._items.move_to_end(key)
-        while len(self._items) > self._size:
-            self._items.popitem(last=False)

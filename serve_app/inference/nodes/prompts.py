@@ -4,11 +4,15 @@ Long prompts are not truncated: the tokens are cut into 75-token chunks, each wr
 encoded separately and concatenated along the sequence (compel's `truncate_long_prompts=False`). The prompt text is
 used as is: compel's `(word)1.2` / `word+` syntax is not parsed (the package is not installed).
 
+Textual-inversion triggers (`<name>`, see `embeddings.ti_patched`) in the text become the token ids the text
+encoder's `triggers` map them to; the rest of the text is tokenized as usual around them.
+
 All returned tensors are float32 on the CPU, so conditionings can sit in memory between nodes on any device.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -87,14 +91,27 @@ def _check_skip(text_encoder: TextEncoder, skip: int) -> None:
         )
 
 
-def _token_chunks(tokenizer: Any, text: str) -> list[list[int]]:
-    ids: list[int] = tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
-    body = int(tokenizer.model_max_length) - 2
+def _token_ids(text_encoder: TextEncoder, text: str) -> list[int]:
+    """The text's token ids, each textual-inversion trigger replaced by the ids of its vectors."""
+    tokenizer, triggers = text_encoder.tokenizer, text_encoder.triggers
+    pieces = re.split(f"({'|'.join(map(re.escape, triggers))})", text) if triggers else [text]
+    ids: list[int] = []
+    for piece in pieces:
+        if piece in triggers:
+            ids.extend(triggers[piece])
+        elif piece:
+            ids.extend(tokenizer(piece, add_special_tokens=False, truncation=False, verbose=False)["input_ids"])
+    return ids
+
+
+def _token_chunks(text_encoder: TextEncoder, text: str) -> list[list[int]]:
+    ids = _token_ids(text_encoder, text)
+    body = int(text_encoder.tokenizer.model_max_length) - 2
     return [ids[start : start + body] for start in range(0, len(ids), body)] or [[]]
 
 
 def _chunk_count(text_encoder: TextEncoder, text: str) -> int:
-    return len(_token_chunks(text_encoder.tokenizer, text))
+    return len(_token_chunks(text_encoder, text))
 
 
 def _encode(
@@ -109,7 +126,7 @@ def _encode(
     tokenizer, encoder = text_encoder.tokenizer, text_encoder.encoder
     config = encoder.config
     projected = hasattr(config, "projection_dim") and hasattr(encoder, "text_projection")
-    token_chunks = _token_chunks(tokenizer, text)
+    token_chunks = _token_chunks(text_encoder, text)
     token_chunks += [[]] * (chunks - len(token_chunks))
     length = int(tokenizer.model_max_length)
     if zero_on_empty and text == "":
@@ -129,8 +146,20 @@ def _encode(
         if normalize:
             hidden = _final_layer_norm(encoder)(hidden)
     hidden = hidden.reshape(1, -1, hidden.shape[-1]).float().cpu()
-    pooled = output.text_embeds[:1].float().cpu() if projected else None
+    pooled = _pooled(text_encoder, output, ids)[:1].float().cpu() if projected else None
     return hidden, pooled
+
+
+def _pooled(text_encoder: TextEncoder, output: Any, ids: torch.Tensor) -> torch.Tensor:
+    if not text_encoder.triggers:
+        return output.text_embeds  # type: ignore[no-any-return]
+    # Encoders with the legacy `eos_token_id` 2 (SDXL's OpenCLIP-G among them) pool at the highest token id,
+    # which with embedding ids appended past the vocabulary is no longer the EOS: pool at the first EOS, as
+    # newer configs do, which is the same place whenever no embedding is applied.
+    encoder = text_encoder.encoder
+    eos = (ids == text_encoder.tokenizer.eos_token_id).int().argmax(dim=-1)
+    last = output.last_hidden_state
+    return encoder.text_projection(last[torch.arange(last.shape[0], device=last.device), eos])  # type: ignore[no-any-return]
 
 
 def _final_layer_norm(encoder: Any) -> Any:

@@ -23,9 +23,9 @@ from serve_app.domain.images import image_key, thumbnail_key
 from serve_app.domain.imaging import encode_png, encode_thumbnail, png_text
 from serve_app.domain.jobs import ClaimedJob
 from serve_app.domain.models import ModelSpec
-from serve_app.domain.ports import ExecutionEvent, ExecutionResult, NodeEvent
+from serve_app.domain.ports import ExecutionEvent, ExecutionResult, ModelLoadEvent, NodeEvent
 from serve_app.inference.executor import InProcessExecutor
-from serve_app.inference.loading import PipelineCache
+from serve_app.inference.model_cache import ModelCache
 from serve_app.inference.runner import GenerationRunner
 from serve_app.inference.tiny import DEMO_LORA, DEMO_VAE, build_tiny_lora, build_tiny_sdxl, ensure_demo_models
 from serve_app.storage.model_catalog import DirectoryModelCatalog
@@ -78,12 +78,12 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> FileObjectStore:
 
 
 @pytest.fixture(scope="session")
-def cache() -> PipelineCache:
-    return PipelineCache(2)
+def cache() -> ModelCache:
+    return ModelCache()
 
 
 @pytest.fixture(scope="session")
-def executor(demo: Demo, store: FileObjectStore, cache: PipelineCache) -> Iterator[InProcessExecutor]:
+def executor(demo: Demo, store: FileObjectStore, cache: ModelCache) -> Iterator[InProcessExecutor]:
     runner = GenerationRunner(cache, device="cpu", dtype=torch.float32)
     # No throttling: every denoising step reports, so the tests can count them.
     executor = InProcessExecutor(runner=runner, catalog=demo.catalog, store=store, progress_interval=0.0)
@@ -98,6 +98,12 @@ class Run:
     graph: dict[str, Any]
     events: list[NodeEvent]
     result: ExecutionResult
+    # Node events and model-load reports, as they came.
+    stream: list[NodeEvent | ModelLoadEvent]
+
+    def loads(self) -> list[tuple[str, str, str | None]]:
+        """(kind, model key, submodel) of every model-load report, in order."""
+        return [(e.kind, e.key, e.submodel_type) for e in self.stream if isinstance(e, ModelLoadEvent)]
 
     def of(self, source_id: str, kind: str | None = None) -> list[NodeEvent]:
         return [e for e in self.events if e.source_node_id == source_id and (kind is None or e.kind == kind)]
@@ -117,25 +123,38 @@ def session_graph(body: dict[str, Any]) -> dict[str, Any]:
     return graph.model_dump(mode="json")
 
 
-def graph_job(graph: dict[str, Any]) -> ClaimedJob:
+def graph_job(graph: dict[str, Any], models: dict[str, ModelSpec] | None = None) -> ClaimedJob:
     return ClaimedJob(
-        id=uuid.uuid4(), attempt=1, request={"kind": "graph", "graph": graph}, session_id=str(uuid.uuid4())
+        id=uuid.uuid4(),
+        attempt=1,
+        request={"kind": "graph", "graph": graph},
+        session_id=str(uuid.uuid4()),
+        models=models or {},
     )
 
 
 async def run_graph(
-    executor: InProcessExecutor, graph: dict[str, Any], *, seed: int = 1234, prompt: str = "a photo of a cat"
+    executor: InProcessExecutor,
+    graph: dict[str, Any],
+    *,
+    seed: int = 1234,
+    prompt: str = "a photo of a cat",
+    models: dict[str, ModelSpec] | None = None,
 ) -> Run:
-    return await run_session(executor, session_graph(enqueue_body(graph, seeds=[seed], prompts=[prompt])))
+    body = enqueue_body(graph, seeds=[seed], prompts=[prompt])
+    return await run_session(executor, session_graph(body), models=models)
 
 
-async def run_session(executor: InProcessExecutor, session: dict[str, Any]) -> Run:
-    """Run one session's graph (batch values already in it) to completion."""
-    events: list[ExecutionEvent] = [event async for event in executor.execute(graph_job(session))]
-    *node_events, result = events
+async def run_session(
+    executor: InProcessExecutor, session: dict[str, Any], *, models: dict[str, ModelSpec] | None = None
+) -> Run:
+    """Run one session's graph (batch values already in it) to completion; `models` is the job's snapshot."""
+    events: list[ExecutionEvent] = [event async for event in executor.execute(graph_job(session, models))]
+    *stream, result = events
     assert isinstance(result, ExecutionResult)
-    assert all(isinstance(event, NodeEvent) for event in node_events)
-    return Run(graph=session, events=node_events, result=result)  # type: ignore[arg-type]
+    assert all(isinstance(event, NodeEvent | ModelLoadEvent) for event in stream)
+    node_events = [event for event in stream if isinstance(event, NodeEvent)]
+    return Run(graph=session, events=node_events, result=result, stream=stream)  # type: ignore[arg-type]
 
 
 async def stored_png(store: FileObjectStore, name: str) -> tuple[Image.Image, dict[str, str]]:

@@ -14,7 +14,7 @@ import torch
 from serve_app.domain.errors import GenerationFailed
 from serve_app.domain.ports import ExecutionEvent, NodeEvent
 from serve_app.inference.executor import InProcessExecutor
-from serve_app.inference.loading import PipelineCache
+from serve_app.inference.model_cache import ModelCache
 from serve_app.storage.objects import FileObjectStore
 from tests.inference.graphs.conftest import SIZE, Demo, graph_job, identifier, run_session, session_graph
 from tests.support.invokeai_graphs import enqueue_body, sd1_txt2img
@@ -68,11 +68,11 @@ async def _consume_until_progress(events: AsyncGenerator[ExecutionEvent, None]) 
 
 @pytest.mark.parametrize("how", ["close the generator", "cancel the consumer"])
 async def test_canceling_mid_denoise_stops_the_diffusion_thread_within_a_step(
-    how: str, executor: InProcessExecutor, demo: Demo, store: FileObjectStore, cache: PipelineCache
+    how: str, executor: InProcessExecutor, demo: Demo, store: FileObjectStore, cache: ModelCache
 ) -> None:
     graph, _ = sd1_txt2img(identifier(demo.sd15), width=SIZE, height=SIZE, steps=_CANCEL_STEPS)
     session = session_graph(enqueue_body(graph, seeds=[1], prompts=["a cat"]))
-    unet = cache.get(demo.sd15, device="cpu", dtype=torch.float32).unet
+    unet = cache.get(demo.sd15, "unet", device="cpu", dtype=torch.float32)
     calls = 0
     release = threading.Event()
 

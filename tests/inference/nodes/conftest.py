@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from serve_app.domain.models import ModelFamily, ModelFormat, ModelSpec, ModelType
-from serve_app.inference.loading import PipelineCache
+from serve_app.inference.model_cache import ModelCache
 from serve_app.inference.nodes import (
     Conditioning,
     DenoiseMask,
@@ -60,7 +60,7 @@ def extras(tmp_path_factory: pytest.TempPathFactory) -> Extras:
 
 @pytest.fixture(scope="session")
 def components() -> ModelComponents:
-    return ModelComponents(PipelineCache(4), device="cpu", dtype=torch.float32)
+    return ModelComponents(ModelCache(), device="cpu", dtype=torch.float32)
 
 
 def conditionings(

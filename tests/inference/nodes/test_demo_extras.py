@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from serve_app.domain.models import ModelFamily, ModelFormat, ModelSpec, ModelType
-from serve_app.inference.loading import PipelineCache
+from serve_app.inference.model_cache import ModelCache
 from serve_app.inference.nodes import LoRAWeight, ModelComponents, decode
 from serve_app.inference.tiny import DEMO_LORA, DEMO_VAE, ensure_demo_models
 from tests.inference.nodes.conftest import generate_latents
@@ -25,7 +25,7 @@ def test_demo_lora_and_vae_load_and_change_the_output(tmp_path: Path) -> None:
     # No staging leftovers.
     assert [p.name for p in (tmp_path / "loras").iterdir()] == ["demo-lora-sd15.safetensors"]
 
-    components = ModelComponents(PipelineCache(1), device="cpu", dtype=torch.float32)
+    components = ModelComponents(ModelCache(), device="cpu", dtype=torch.float32)
     main = ModelSpec(name="demo-sd15", family=ModelFamily.SD1, format=ModelFormat.DIFFUSERS, path=str(sd15))
     lora = ModelSpec(
         name="demo-lora-sd15",

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from serve_app.domain.errors import GenerationFailed, InvalidRequest
 from serve_app.domain.models import ModelFamily, ModelFormat, ModelSpec, ModelType
 from serve_app.inference.nodes import LoRAWeight, ModelComponents, decode
-from serve_app.inference.nodes.lora import TEXT_ENCODER, UNET, read_lora
+from serve_app.inference.nodes.lora import TEXT_ENCODER, UNET, LoRALayer, read_lora
 from serve_app.inference.tiny import build_tiny_lora, build_tiny_sd15
 from tests.inference.conftest import TinyModels
 from tests.inference.nodes.conftest import Extras, conditionings, generate, generate_latents, pixels
@@ -105,7 +105,8 @@ def test_kohya_layout_with_alpha_gives_the_same_result(
     # Half the alpha halves each update.
     kohya = {k: (v / 2 if k.endswith(".alpha") else v) for k, v in kohya.items()}
     save_file(kohya, str(tmp_path / "half.safetensors"))
-    assert all(layer.alpha == 2.0 for layer in read_lora(tmp_path / "half.safetensors").layers)
+    layers = read_lora(tmp_path / "half.safetensors").layers
+    assert all(isinstance(layer, LoRALayer) and layer.alpha == 2.0 for layer in layers)
 
 
 def test_an_sdxl_lora_patches_both_text_encoders(
