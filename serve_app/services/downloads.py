@@ -24,13 +24,13 @@ from serve_app.domain.errors import Conflict
 from serve_app.domain.model_jobs import DownloadJob, DownloadStatus
 from serve_app.domain.ports import BusMessage, EventBus, ModelJobStore
 from serve_app.services import download_files as files
+from serve_app.services.background import JobTasks
 from serve_app.services.priority_slots import PrioritySlots
 
 log = logging.getLogger(__name__)
 
 ProgressHook = Callable[[DownloadJob], Awaitable[None]]
 # How long `wait` sleeps between reads of a job that runs on another replica.
-_REMOTE_POLL_S = 0.25
 
 
 class FetchResponse(Protocol):
@@ -131,7 +131,7 @@ class DownloadService:
         self._interval = progress_interval_s
         self._retries = retries
         self._retry_delay_s = retry_delay_s
-        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._tasks = JobTasks()
 
     async def download(
         self,
@@ -174,9 +174,7 @@ class DownloadService:
             )
         )
         transfer = _Transfer(job, access_token, name, overwrite, on_progress)
-        task = asyncio.create_task(self._run(transfer), name=f"download-{job.id}")
-        self._tasks[job.id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(job.id, None))
+        self._tasks.start(job.id, self._run(transfer), name=f"download-{job.id}")
         return job
 
     async def get(self, job_id: int) -> DownloadJob:
@@ -214,22 +212,11 @@ class DownloadService:
 
     async def wait(self, job_id: int) -> DownloadJob:
         """The job once finished (one running on another replica is polled)."""
-        while True:
-            task = self._tasks.get(job_id)
-            if task is not None:
-                await asyncio.wait({task})
-            job = await self._jobs.get_download(job_id)
-            if job.status.finished:
-                return job
-            if task is None:
-                await asyncio.sleep(_REMOTE_POLL_S)
+        return await self._tasks.wait(job_id, self._jobs.get_download, lambda job: job.status.finished)
 
     async def aclose(self) -> None:
         """Stop every transfer of this replica; their rows end as errors (interrupted), parts are kept."""
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.aclose()
 
     # The background task
 

@@ -34,6 +34,7 @@ from serve_app.domain.model_jobs import (
 )
 from serve_app.domain.models import ModelChanges, ModelRecord
 from serve_app.domain.ports import BusMessage, EventBus, ModelJobStore
+from serve_app.services.background import JobTasks
 from serve_app.services.downloads import DownloadService
 from serve_app.services.model_sources import parse_source, source_type, wire_source
 from serve_app.services.models import ModelService
@@ -41,7 +42,6 @@ from serve_app.services.models import ModelService
 log = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".install-"
-_REMOTE_POLL_S = 0.25
 
 
 class RemoteFile(Protocol):
@@ -122,7 +122,7 @@ class InstallService:
         self._bus = bus
         self._roots = None if allowed_roots is None else [Path(root).resolve() for root in allowed_roots]
         self._interval = progress_interval_s
-        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._tasks = JobTasks()
 
     # Jobs
 
@@ -155,9 +155,7 @@ class InstallService:
                 local_path=parsed.path if isinstance(parsed, LocalSource) else "",
             )
         )
-        task = asyncio.create_task(self._run(_Run(job, text, access_token)), name=f"install-{job.id}")
-        self._tasks[job.id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(job.id, None))
+        self._tasks.start(job.id, self._run(_Run(job, text, access_token)), name=f"install-{job.id}")
         return job
 
     async def get(self, job_id: int) -> InstallJob:
@@ -191,22 +189,11 @@ class InstallService:
 
     async def wait(self, job_id: int) -> InstallJob:
         """The install once finished (one running on another replica is polled)."""
-        while True:
-            task = self._tasks.get(job_id)
-            if task is not None:
-                await asyncio.wait({task})
-            job = await self._jobs.get_install(job_id)
-            if job.status.finished:
-                return job
-            if task is None:
-                await asyncio.sleep(_REMOTE_POLL_S)
+        return await self._tasks.wait(job_id, self._jobs.get_install, lambda job: job.status.finished)
 
     async def aclose(self) -> None:
         """Stop this replica's installs: their rows end as errors (interrupted), their files are removed."""
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.aclose()
 
     # Hugging Face
 
