@@ -11,7 +11,7 @@ failed job.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any, TypeVar
@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from serve_app.domain.errors import InvalidRequest, ModelNotFound, NotFound
-from serve_app.domain.generation import GenerationRequest
+from serve_app.domain.generation import ENFUGUE_TO_INVOKEAI_SCHEDULER, GenerationRequest
 from serve_app.domain.models import ModelFamily, ModelRecord, ModelSpec, ModelType
 from serve_app.domain.ports import ModelCatalog, ModelRegistry, PresetStore
 from serve_app.domain.presets import ModelPreset, WeightedModel
@@ -43,6 +43,12 @@ _LATENT_SPACE = {
 }  # fmt: skip
 
 _T = TypeVar("_T")
+
+# A model's default scheduler is stored under InvokeAI's name; the request carries Enfugue's. Where several Enfugue
+# names map to one InvokeAI name, the first in Enfugue's table stands for it.
+_ENFUGUE_SCHEDULER: dict[str, str] = {}
+for _enfugue, _invokeai in ENFUGUE_TO_INVOKEAI_SCHEDULER.items():
+    _ENFUGUE_SCHEDULER.setdefault(_invokeai, _enfugue)
 
 
 def infer_model_type(name: str | None) -> str:
@@ -109,12 +115,14 @@ class ModelResolver:
         """Raise ModelNotFound (404) for an unknown preset, InvalidRequest (400) for any other unknown or
         unusable model."""
         request, main = await self._main(request)
+        main_settings = await self._default_settings(main)
+        request = apply_model_defaults(request, main_settings)
         if main.spec.family not in RUNNABLE_BASES:
             raise InvalidRequest(f"{main.spec.name} is a {main.spec.family} model; this server generates with "
                                  f"{', '.join(sorted(RUNNABLE_BASES))} models", field="model")  # fmt: skip
         loras = await self._loras([(item, "lora") for item in request.lora] +
                                   [(item, "lycoris") for item in request.lycoris], main)  # fmt: skip
-        vae = await self._vae(request.vae, main) if request.vae else None
+        vae = await self._vae(request.vae, main) if request.vae else await self._default_vae(main_settings, main)
         embeddings = [await self._embedding(name, main) for name in request.inversion]
         size = request.size or main.spec.native_size
         prompts = _with_model_prompts(request)
@@ -188,8 +196,30 @@ class ModelResolver:
             lora = await self._dependent(ModelType.LORA, item.model, main, field=field)
             if any(seen.spec.key == lora.spec.key for seen in loras):
                 raise InvalidRequest(f"LoRA {item.model} is listed more than once", field=field)
-            loras.append(GraphModel(lora.spec, lora.hash, weight=item.weight))
+            weight = item.weight
+            if "weight" not in item.model_fields_set:
+                # A LoRA named without a weight takes its own default weight (InvokeAI's LoRA default settings).
+                weight = (await self._default_settings(lora) or {}).get("weight", weight)
+            loras.append(GraphModel(lora.spec, lora.hash, weight=weight))
         return loras
+
+    async def _default_settings(self, model: GraphModel) -> dict[str, Any] | None:
+        """The registry's default settings of a model (None for models only in the folder, or without any)."""
+        if self._registry is None:
+            return None
+        record = (await self._registry.get_many([model.spec.key])).get(model.spec.key)
+        return None if record is None else record.default_settings
+
+    async def _default_vae(self, settings: dict[str, Any] | None, main: GraphModel) -> GraphModel | None:
+        """The VAE a main model's default settings name by key, if any; a VAE that is gone or does not suit
+        the model is a clear 400 rather than a silent fallback to the model's own."""
+        key = (settings or {}).get("vae")
+        if not key or self._registry is None:
+            return None
+        record = (await self._registry.get_many([key])).get(key)
+        if record is None or record.type is not ModelType.VAE:
+            raise InvalidRequest(f"The default VAE {key} of model {main.spec.name} is not installed", field="vae")
+        return _usable(GraphModel(record.spec(), record.hash), main, ModelType.VAE, record.name)
 
     async def _vae(self, name: str, main: GraphModel) -> GraphModel:
         repo = VAE_REPOS.get(name, name)
@@ -282,6 +312,27 @@ CONFIG_FIELDS = {
 }  # fmt: skip
 
 _ALWAYS_SET = frozenset({"steps", "guidance_scale"})
+
+
+def apply_model_defaults(request: GenerationRequest, settings: Mapping[str, Any] | None) -> GenerationRequest:
+    """A main model's default settings (InvokeAI's `MainModelDefaultSettings`: steps, cfg_scale, scheduler,
+    width, height) for what neither the request nor its preset set. The request wins, then the preset."""
+    if not settings:
+        return request
+    update: dict[str, Any] = {}
+    unset = request.model_fields_set
+    if settings.get("steps") and "steps" not in unset:
+        update["steps"] = settings["steps"]
+    if settings.get("cfg_scale") and "guidance_scale" not in unset:
+        update["guidance_scale"] = settings["cfg_scale"]
+    scheduler = _ENFUGUE_SCHEDULER.get(settings.get("scheduler") or "")
+    if scheduler and request.scheduler is None:
+        update["scheduler"] = scheduler
+    if request.size is None:
+        for field in ("width", "height"):
+            if settings.get(field) and getattr(request, field) is None:
+                update[field] = settings[field]
+    return request.model_copy(update=update) if update else request
 
 
 def apply_preset(request: GenerationRequest, preset: ModelPreset) -> GenerationRequest:

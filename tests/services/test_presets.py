@@ -315,3 +315,41 @@ def test_sdxl_loras_chain_through_unet_clip_and_clip2_and_a_vae_decodes():
         assert ("model", "vae", f"output_{index}", "vae") not in edges
     assert nodes["vae"]["vae_model"]["key"] == VAE_MSE.key
     assert [item["weight"] for item in nodes["metadata"]["loras"]] == [0.5, 2.0]
+
+
+# --- A registry model's own default settings ---------------------------------------------------------------------
+
+
+async def test_a_main_models_default_settings_fill_what_the_request_left_unset(resolver, filled):
+    defaults = {"steps": 12, "cfg_scale": 3.5, "scheduler": "dpmpp_2m", "width": 640, "height": 448}
+    await filled.update(MAIN_FILE.key, {"default_settings": defaults})
+
+    plain = (await resolver.resolve(GenerationRequest(model="realistic", model_type="checkpoint"))).request
+    assert (plain.steps, plain.guidance_scale, plain.scheduler, plain.width, plain.height) == (
+        12, 3.5, "dpmsm", 640, 448,
+    )  # fmt: skip
+    explicit = GenerationRequest(model="realistic", model_type="checkpoint", steps=20, guidance_scale=9, size=512)
+    given = (await resolver.resolve(explicit)).request
+    assert (given.steps, given.guidance_scale, given.width, given.height) == (20, 9, 512, 512)
+    # Another model's defaults are its own.
+    other = (await resolver.resolve(GenerationRequest(model="demo-sd15"))).request
+    assert (other.steps, other.guidance_scale, other.width) == (40, 7.5, 512)
+
+
+async def test_a_main_models_default_vae_is_used_unless_the_request_names_one(resolver, filled):
+    await filled.update(MAIN_FOLDER.key, {"default_settings": {"vae": VAE_MSE.key}})
+    assert (await resolver.resolve(GenerationRequest(model="demo-sd15"))).vae.spec.key == VAE_MSE.key
+
+    await filled.update(MAIN_FOLDER.key, {"default_settings": {"vae": "gone-key"}})
+    with pytest.raises(InvalidRequest, match="default VAE gone-key"):
+        await resolver.resolve(GenerationRequest(model="demo-sd15"))
+
+
+async def test_a_lora_named_without_a_weight_takes_its_default_weight(resolver, filled):
+    await filled.update(LORA.key, {"default_settings": {"weight": 0.4}})
+    bare = await resolver.resolve(GenerationRequest(model="demo-sd15", lora=[WeightedModel(model="detail")]))
+    weighted = await resolver.resolve(
+        GenerationRequest(model="demo-sd15", lora=[WeightedModel(model="detail", weight=1.0)])
+    )
+    assert [lora.weight for lora in bare.loras] == [0.4]
+    assert [lora.weight for lora in weighted.loras] == [1.0]
