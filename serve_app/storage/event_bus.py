@@ -44,8 +44,9 @@ EVENT_QUERIES = load(EventQueries, "sql/events.sql")
 
 
 class PgEventBus:
-    """The EventBus port on an asyncpg pool. Each publish is one short transaction, so messages one
-    coroutine publishes one after another arrive in that order (NOTIFY delivers in commit order)."""
+    """The EventBus port on an asyncpg pool. Each publish is one statement (or one short transaction for a
+    parked message), so messages one coroutine publishes one after another arrive in that order (NOTIFY
+    delivers in commit order)."""
 
     def __init__(
         self,
@@ -63,13 +64,15 @@ class PgEventBus:
         self.overflowed = 0  # messages sent by reference so far, for metrics and tests
 
     async def publish(self, message: BusMessage) -> None:
+        text = message.model_dump_json()
+        if _fits(text, self._inline_limit_bytes):
+            # One statement, one round trip (no BEGIN/COMMIT): the common case, dozens of times per job.
+            await self._pool.execute(EVENT_QUERIES.notify, self._channel, text)
+            return
         async with self._pool.acquire() as connection, connection.transaction():
-            overflowed = await publish_on(
-                connection, message, channel=self._channel, inline_limit_bytes=self._inline_limit_bytes
-            )
-        if overflowed:
-            self.overflowed += 1
-            await self._maybe_prune()
+            await _park(connection, text, self._channel)
+        self.overflowed += 1
+        await self._maybe_prune()
 
     async def prune(self) -> None:
         """Delete parked messages older than the retention period."""
@@ -96,12 +99,21 @@ async def publish_on(
     """Publish inside the caller's transaction, so the message goes out exactly when (and if) the caller's
     writes commit, in commit order with them. True when the message was parked in event_overflow."""
     text = message.model_dump_json()
-    if len(text.encode("utf-8")) <= inline_limit_bytes:
+    if _fits(text, inline_limit_bytes):
         await connection.execute(EVENT_QUERIES.notify, channel, text)
         return False
+    await _park(connection, text, channel)
+    return True
+
+
+def _fits(text: str, inline_limit_bytes: int) -> bool:
+    return len(text.encode("utf-8")) <= inline_limit_bytes
+
+
+async def _park(connection: Any, text: str, channel: str) -> None:
+    """Park a message in event_overflow and NOTIFY its reference (inside the caller's transaction)."""
     ref = await connection.fetchval(EVENT_QUERIES.insert_overflow, text)
     await connection.execute(EVENT_QUERIES.notify, channel, json.dumps({"ref": ref}))
-    return True
 
 
 def overflow_ref(payload: str) -> int | None:
