@@ -18,6 +18,7 @@ from serve_app.api.errors import ENFUGUE_MEDIA_TYPE, HttpError
 from serve_app.domain.errors import InvalidRequest, JobNotFound
 from serve_app.domain.images import image_key, thumbnail_key
 from serve_app.domain.jobs import JobStatus
+from serve_app.domain.model_jobs import DownloadStatus
 
 router = APIRouter(prefix="/api", tags=["enfugue"])
 
@@ -48,10 +49,13 @@ async def status(request: Request, context: ContextDep, jobs: JobsDep) -> JSONRe
     counts = await jobs.counts()
     active = counts.get(JobStatus.IN_PROGRESS, 0)
     queued = counts.get(JobStatus.PENDING, 0)
+    downloads = await context.downloads.list() if context.downloads is not None else []
+    running = sum(1 for job in downloads if job.status is DownloadStatus.RUNNING)
+    waiting = sum(1 for job in downloads if job.status is DownloadStatus.WAITING)
     data = {
         "status": "busy" if active else "ready",
         "system": {
-            "downloads": {"active": 0, "queued": 0, "total": 0},
+            "downloads": {"active": running, "queued": waiting, "total": running + waiting},
             "invocations": {"active": bool(active), "queued": queued, "total": active + queued},
         },
         "gpu": None,

@@ -11,6 +11,10 @@ import pytest
 import pytest_asyncio
 
 from serve_app.api.app import create_app
+from serve_app.domain.generation import Limits
+from serve_app.services.jobs import JobService
+from serve_app.storage.job_repository import PgJobRepository
+from serve_app.storage.model_catalog import DirectoryModelCatalog
 from tests.support.http_files import FileServer
 from tests.support.install_stack import InstallStack, install_stack
 
@@ -101,7 +105,21 @@ async def test_existing_files_conflict_unless_overwritten(http, stack, server) -
     assert (stack.models_dir / "loras" / "m.safetensors").read_bytes() == DATA
 
 
-async def test_one_download_per_url_and_cancel(http, stack, server) -> None:
+async def _server_downloads(stack: InstallStack, pool: Any) -> dict[str, int]:
+    """`GET /api`'s download counts, from an app whose Enfugue status route has a job service too."""
+    jobs = JobService(
+        repo=PgJobRepository(pool),
+        catalog=DirectoryModelCatalog(stack.models_dir, ""),
+        store=stack.store,
+        limits=Limits(),
+    )
+    transport = httpx.ASGITransport(app=create_app(stack.context(jobs=jobs)))
+    async with httpx.AsyncClient(transport=transport, base_url="http://serve-app.test") as client:
+        counts: dict[str, int] = (await data_of(await client.get("/api")))["system"]["downloads"]
+    return counts
+
+
+async def test_one_download_per_url_and_cancel(http, stack, server, pool) -> None:
     url = server.add("/f/big.safetensors", DATA, send_length=False)  # Enfugue would refuse this; we accept it
     gate = server.hold("/f/big.safetensors", after=500)
     body = {"type": "checkpoint", "url": url, "filename": "big.safetensors"}
@@ -109,8 +127,11 @@ async def test_one_download_per_url_and_cancel(http, stack, server) -> None:
         started = await data_of(await http.post("/api/download", json=body))
         error = await error_of(await http.post("/api/download", json=body), 400)
         assert error["detail"] == f"Already downloading {url}"
+        # The server status counts it (waiting or already running: the worker decides when).
+        assert (await _server_downloads(stack, pool))["total"] == 1
         cancelled = await data_of(await http.post("/api/download/cancel", json={"url": url}))
         assert (cancelled["id"], cancelled["status"]) == (started["id"], "canceled")
+        assert await _server_downloads(stack, pool) == {"active": 0, "queued": 0, "total": 0}
     finally:
         gate.set()
     await stack.downloads.wait(int(started["id"], 16))
