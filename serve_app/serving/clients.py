@@ -29,21 +29,24 @@ class RayDiffusionExecutor:
         # the replica with the fewest models, so a model stays on few replicas instead of being loaded everywhere.
         main = next((key for key, spec in job.models.items() if spec.type is ModelType.MAIN), "")
         handle = self._handle.options(multiplexed_model_id=main) if main else self._handle
-        stream = cast(DeploymentResponseGenerator[dict[str, Any]], handle.run.remote(job.model_dump(mode="json")))
+        stream = cast(DeploymentResponseGenerator[list[dict[str, Any]]], handle.run.remote(job.model_dump(mode="json")))
         try:
-            async for item in stream:
-                kind = item.pop("type")
-                if kind == "progress":
-                    yield Progress.model_validate(item)
-                elif kind == "node":
-                    yield NodeEvent.model_validate(item)
-                elif kind == "model_load":
-                    yield ModelLoadEvent.model_validate(item)
-                elif kind == "result":
-                    yield ExecutionResult.model_validate(item)
-                    return
-                else:
-                    raise GenerationFailed(item["message"], error_type=item["error_type"], traceback=item["traceback"])
+            async for batch in stream:
+                for item in batch:
+                    kind = item.pop("type")
+                    if kind == "progress":
+                        yield Progress.model_validate(item)
+                    elif kind == "node":
+                        yield NodeEvent.model_validate(item)
+                    elif kind == "model_load":
+                        yield ModelLoadEvent.model_validate(item)
+                    elif kind == "result":
+                        yield ExecutionResult.model_validate(item)
+                        return
+                    else:
+                        raise GenerationFailed(
+                            item["message"], error_type=item["error_type"], traceback=item["traceback"]
+                        )
         finally:
             # Cancel (a no-op once finished) so a replica stops denoising for a consumer that left.
             with contextlib.suppress(Exception):

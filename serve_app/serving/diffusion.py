@@ -12,8 +12,9 @@ from ray import serve
 
 from serve_app.domain.errors import GenerationFailed
 from serve_app.domain.jobs import ClaimedJob, Progress
-from serve_app.domain.ports import ModelLoadEvent, NodeEvent
+from serve_app.domain.ports import ExecutionEvent, ModelLoadEvent, NodeEvent
 from serve_app.serving.args import DiffusionArgs
+from serve_app.serving.batching import batches
 from serve_app.serving.cache_reporter import CacheReporter
 from serve_app.serving.wiring import build_catalog, build_store
 
@@ -72,24 +73,18 @@ class DiffusionReplica:
         # what stays loaded is the model cache's decision, within its memory budget.
         return _Resident(model_key)
 
-    async def run(self, job: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
-        """Stream {"type": "progress"|"node"|"model_load"|"result"|"error", ...} for one claimed job."""
+    async def run(self, job: dict[str, Any]) -> AsyncGenerator[list[dict[str, Any]], None]:
+        """Stream lists of {"type": "progress"|"node"|"model_load"|"result"|"error", ...} for one claimed job
+        (each list: the events that were ready together)."""
         claimed = ClaimedJob.model_validate(job)
         model_key = serve.get_multiplexed_model_id()
         if model_key:
             await self._resident(model_key)
         try:
-            async for event in self._executor.execute(claimed):
-                if isinstance(event, Progress):
-                    yield {"type": "progress", **event.model_dump()}
-                elif isinstance(event, NodeEvent):
-                    yield {"type": "node", **event.model_dump(mode="json")}
-                elif isinstance(event, ModelLoadEvent):
-                    yield {"type": "model_load", **event.model_dump(mode="json")}
-                else:
-                    yield {"type": "result", **event.model_dump(mode="json")}
+            async for events in batches(self._executor.execute(claimed)):
+                yield [_wire(event) for event in events]
         except GenerationFailed as exc:
-            yield {"type": "error", "error_type": exc.error_type, "message": exc.message, "traceback": exc.traceback}
+            yield [{"type": "error", "error_type": exc.error_type, "message": exc.message, "traceback": exc.traceback}]
 
     def check_health(self) -> None:
         """Serve restarts a replica whose check raises; loading state is checked per job."""
@@ -100,6 +95,16 @@ class DiffusionReplica:
         executor = getattr(self, "_executor", None)
         if executor is not None:
             executor.close()
+
+
+def _wire(event: ExecutionEvent) -> dict[str, Any]:
+    if isinstance(event, Progress):
+        return {"type": "progress", **event.model_dump()}
+    if isinstance(event, NodeEvent):
+        return {"type": "node", **event.model_dump(mode="json")}
+    if isinstance(event, ModelLoadEvent):
+        return {"type": "model_load", **event.model_dump(mode="json")}
+    return {"type": "result", **event.model_dump(mode="json")}
 
 
 # Two requests per replica: one denoising, one waiting on the replica's single pipeline thread.
