@@ -342,3 +342,50 @@ class ModelSettingRow(SQLModel, table=True):
     name: str = Field(sa_column=sa.Column(sa.Text(), primary_key=True))
     value: str = _text(nullable=False)
     updated_at: datetime = _timestamp(nullable=False)
+
+
+class AppSettingRow(SQLModel, table=True):
+    """One server setting (Enfugue's `/api/settings` keys), JSON-valued."""
+
+    __tablename__ = "app_settings"
+
+    key: str = Field(sa_column=sa.Column(sa.Text(), primary_key=True))
+    value: Any = _jsonb(nullable=False)
+    updated_at: datetime = _timestamp(nullable=False)
+
+
+class UserRow(SQLModel, table=True):
+    """An account; `admin` is Enfugue's admin group membership."""
+
+    __tablename__ = "users"
+    __table_args__ = (sa.Index("users_username_lower_key", sa.text("lower(username)"), unique=True),)
+
+    id: int = Field(sa_column=sa.Column(sa.BigInteger(), sa.Identity(always=True), primary_key=True))
+    username: str = _text(nullable=False)
+    password_hash: str = _text(nullable=False)
+    first_name: str | None = _text(nullable=True)
+    last_name: str | None = _text(nullable=True)
+    admin: bool = _flag()
+    created_at: datetime = _timestamp(nullable=False)
+    last_login: datetime | None = _timestamp(nullable=True)
+
+
+class AuthTokenRow(SQLModel, table=True):
+    """A login session token or an API key, stored as its sha256 only."""
+
+    __tablename__ = "auth_tokens"
+    __table_args__ = (
+        sa.CheckConstraint("kind IN ('session', 'api_key')", name="auth_tokens_kind_check"),
+        sa.Index("auth_tokens_user_idx", "user_id"),
+    )
+
+    id: int = Field(sa_column=sa.Column(sa.BigInteger(), sa.Identity(always=True), primary_key=True))
+    user_id: int = Field(
+        sa_column=sa.Column(sa.BigInteger(), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+    )
+    token_hash: str = Field(sa_column=sa.Column(sa.Text(), nullable=False, unique=True))
+    kind: str = _text(nullable=False)
+    name: str | None = _text(nullable=True)
+    created_at: datetime = _timestamp(nullable=False)
+    expires_at: datetime | None = _timestamp(nullable=True)
+    last_used_at: datetime | None = _timestamp(nullable=True)
