@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     max_attempts: int = 3
     lease_seconds: float = 30.0
 
+    auth: bool = Field(default=False, description="Require a login token or API key on every API request.")
+    admin_username: str = Field(
+        default="admin", description="The first admin, created when auth is on and no user exists."
+    )
+    admin_password: str = Field(default="", description="That admin's password (needed only to create them).")
+
     @field_validator("database_url")
     @classmethod
     def _normalize_scheme(cls, value: str | None) -> str | None:

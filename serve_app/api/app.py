@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from serve_app.api.body_limit import BodyLimitMiddleware
-from serve_app.api.deps import ApiContext
+from serve_app.api.deps import ApiContext, authenticated
 from serve_app.api.enfugue.downloads import router as enfugue_downloads_router
+from serve_app.api.enfugue.history import router as enfugue_history_router
 from serve_app.api.enfugue.models import router as enfugue_models_router
 from serve_app.api.enfugue.routes import router as enfugue_router
+from serve_app.api.enfugue.settings import router as enfugue_settings_router
+from serve_app.api.enfugue.users import router as enfugue_users_router
 from serve_app.api.errors import install_error_handlers
+from serve_app.api.invokeai.auth import router as invokeai_auth_router
 from serve_app.api.invokeai.boards import board_images_router as invokeai_board_images_router
 from serve_app.api.invokeai.boards import boards_router as invokeai_boards_router
 from serve_app.api.invokeai.download_queue import router as invokeai_download_queue_router
@@ -22,6 +26,7 @@ from serve_app.api.invokeai.queue import router as invokeai_queue_router
 from serve_app.api.invokeai.routes import router as invokeai_router
 from serve_app.api.invokeai.socket import install_socket
 from serve_app.api.invokeai.utilities import router as invokeai_utilities_router
+from serve_app.api.log_buffer import install_log_buffer
 
 
 def create_app(context: ApiContext, *, max_body_bytes: int = 32 * 1024 * 1024) -> FastAPI:
@@ -32,8 +37,12 @@ def create_app(context: ApiContext, *, max_body_bytes: int = 32 * 1024 * 1024) -
         description="Image generation speaking the InvokeAI and Enfugue APIs.",
         docs_url="/docs",
         openapi_url="/openapi.json",
+        # With auth on, every route but login and result files needs a token (api/auth.py); a no-op otherwise.
+        dependencies=[Depends(authenticated)],
     )
     app.state.context = context
+    # `GET /api/logs`: the recent `serve_app` records of this process (so of this Ingress replica only).
+    app.state.log_buffer = install_log_buffer()
     install_error_handlers(app)
     # Both peers answer any origin (Enfugue sets `*`); browsers then send the API key header.
     app.add_middleware(
@@ -44,6 +53,7 @@ def create_app(context: ApiContext, *, max_body_bytes: int = 32 * 1024 * 1024) -
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.include_router(invokeai_router)
+    app.include_router(invokeai_auth_router)
     app.include_router(invokeai_queue_router)
     app.include_router(invokeai_images_router)
     app.include_router(invokeai_boards_router)
@@ -57,6 +67,9 @@ def create_app(context: ApiContext, *, max_body_bytes: int = 32 * 1024 * 1024) -
     app.include_router(enfugue_router)
     app.include_router(enfugue_models_router)
     app.include_router(enfugue_downloads_router)
+    app.include_router(enfugue_settings_router)
+    app.include_router(enfugue_history_router)
+    app.include_router(enfugue_users_router)
     # Socket.IO at /ws/socket.io; its hub runs for the app's lifespan when context.events is set.
     install_socket(app, context)
     return app

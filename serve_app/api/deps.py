@@ -9,16 +9,21 @@ from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 
-from serve_app.domain.errors import ServiceUnavailable
+from serve_app.api.auth import is_public, resolve_identity
+from serve_app.domain.accounts import Identity
+from serve_app.domain.errors import Forbidden, ServiceUnavailable
 from serve_app.domain.ports import BusMessage, EventSource, JobChange, ObjectStore
+from serve_app.services.accounts import AccountService
 from serve_app.services.boards import BoardGateway
 from serve_app.services.downloads import DownloadService
+from serve_app.services.history import HistoryService
 from serve_app.services.images import ImageGateway
 from serve_app.services.jobs import JobGateway
 from serve_app.services.model_install import InstallService
 from serve_app.services.models import ModelService
 from serve_app.services.presets import PresetService
 from serve_app.services.session_queue import SessionQueueService
+from serve_app.services.settings import SettingsService
 
 # Builds the Socket.IO events a job change means (e.g. `queue_item_status_changed`), reading what it needs.
 StatusEvents = Callable[[JobChange], Awaitable[list[BusMessage]]]
@@ -53,6 +58,14 @@ class ApiContext:
     # `/api/download`); 503 without them.
     installs: InstallService | None = None
     downloads: DownloadService | None = None
+    # Enfugue's `/api/invocation-history`; 503 without it.
+    history: HistoryService | None = None
+    # Accounts: with auth_enabled every request needs a token (api/auth.py) and `owner` is the caller's
+    # username; without it every request is `default_owner`, an admin.
+    accounts: AccountService | None = None
+    auth_enabled: bool = False
+    # Enfugue's `/api/settings` (and the announcement snooze); 503 without it.
+    settings: SettingsService | None = None
 
 
 def get_context(request: Request) -> ApiContext:
@@ -69,14 +82,43 @@ def get_store(request: Request) -> ObjectStore:
     return get_context(request).store
 
 
-def get_owner(request: Request) -> str:
-    return get_context(request).default_owner
+async def get_identity(request: Request) -> Identity:
+    """The caller, resolved once per request (kept on request.state for the route's own dependencies)."""
+    cached = getattr(request.state, "identity", None)
+    if isinstance(cached, Identity):  # The app-wide guard resolved it already.
+        return cached
+    context = get_context(request)
+    identity = await resolve_identity(
+        request, auth_enabled=context.auth_enabled, accounts=context.accounts, default_owner=context.default_owner
+    )
+    request.state.identity = identity
+    return identity
+
+
+async def authenticated(request: Request) -> None:
+    """The app-wide guard: every route but the public ones (login, result files) needs a caller."""
+    if not is_public(request.url.path):
+        await get_identity(request)
+
+
+async def require_admin(identity: Annotated[Identity, Depends(get_identity)]) -> Identity:
+    if not identity.admin:
+        raise Forbidden(f"User {identity.username} is not authorized to do this.")
+    return identity
+
+
+async def get_owner(identity: Annotated[Identity, Depends(get_identity)]) -> str:
+    return identity.username
 
 
 ContextDep = Annotated[ApiContext, Depends(get_context)]
 JobsDep = Annotated[JobGateway, Depends(get_jobs)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 OwnerDep = Annotated[str, Depends(get_owner)]
+IdentityDep = Annotated[Identity, Depends(get_identity)]
+AdminIdentityDep = Annotated[Identity, Depends(require_admin)]
+# For `dependencies=[AdminDep]` on routes only admins may call (when auth is on; everyone is admin otherwise).
+AdminDep = Depends(require_admin)
 
 
 def _configured(pick: Callable[[ApiContext], _T | None], what: str) -> Callable[[Request], _T]:
@@ -101,3 +143,6 @@ BoardsDep = Annotated[BoardGateway, Depends(_configured(lambda c: c.boards, "Boa
 PresetsDep = Annotated[PresetService, Depends(_configured(lambda c: c.presets, "Model presets are"))]
 InstallsDep = Annotated[InstallService, Depends(_configured(lambda c: c.installs, "Model installs are"))]
 DownloadsDep = Annotated[DownloadService, Depends(_configured(lambda c: c.downloads, "Downloads are"))]
+AccountsDep = Annotated[AccountService, Depends(_configured(lambda c: c.accounts, "Accounts are"))]
+HistoryDep = Annotated[HistoryService, Depends(_configured(lambda c: c.history, "Invocation history is"))]
+SettingsDep = Annotated[SettingsService, Depends(_configured(lambda c: c.settings, "Server settings are"))]

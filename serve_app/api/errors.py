@@ -19,6 +19,7 @@ from serve_app.domain.errors import (
     QueueFull,
     ServeAppError,
     ServiceUnavailable,
+    Unauthorized,
     UnsupportedMediaType,
 )
 
@@ -59,6 +60,8 @@ def status_for(exc: ServeAppError) -> int:
         return 413
     if isinstance(exc, InvalidRequest):
         return 400
+    if isinstance(exc, Unauthorized):
+        return 401
     if isinstance(exc, Forbidden):
         return 403
     if isinstance(exc, NotFound):
@@ -96,6 +99,9 @@ def install_error_handlers(app: FastAPI) -> None:
         if status >= 500:
             log.error("request failed: %r", exc)
         headers = {"Retry-After": str(int(exc.retry_after))} if isinstance(exc, QueueFull) else None
+        if isinstance(exc, Unauthorized):
+            # RFC 6750; InvokeAI 6.12's multi-user mode sends it too.
+            headers = {"WWW-Authenticate": "Bearer"}
         return error_response(request, status, exc.message, headers=headers)
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:

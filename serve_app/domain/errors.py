@@ -41,6 +41,10 @@ class PayloadTooLarge(InvalidRequest):
     """The upload has too many bytes."""
 
 
+class Unauthorized(ServeAppError):
+    """Invalid or no credentials supplied."""
+
+
 class Forbidden(ServeAppError):
     """The caller may not do this (a path outside the allowed roots; later: another user's data)."""
 

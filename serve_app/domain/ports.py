@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import uuid
 from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sequence
 from typing import Any, Literal, Protocol
@@ -25,6 +26,7 @@ from serve_app.domain.jobs import ClaimedJob, Job, JobError, JobStatus, NewJob, 
 from serve_app.domain.model_jobs import DownloadJob, InstallJob
 from serve_app.domain.models import ModelRecord, ModelSpec
 from serve_app.domain.presets import ModelPreset
+from serve_app.domain.rest_query import RestQuery
 from serve_app.domain.session_queue import BatchStatus, ProcessorStatus, QueueStatus, StatusCounts
 
 
@@ -394,6 +396,33 @@ class PresetStore(Protocol):
         """Raise NotFound."""
         ...
 
+    async def query(self, query: RestQuery) -> tuple[list[ModelPreset], int]:
+        """Enfugue's generic REST query over columns name, model (the checkpoint), size, prompt and
+        negative_prompt: the page, and the count before limit and offset. InvalidRequest for an unknown column."""
+        ...
+
+
+class HistoryEntry(BaseModel):
+    """One Enfugue invocation as `/api/invocation-history` shows it (Enfugue's DiffusionInvocation row)."""
+
+    id: str  # the job uuid as 32 hex digits
+    user_id: str  # the job's owner
+    started: datetime.datetime
+    plan: dict[str, Any]  # the stored Enfugue request
+    duration: float  # seconds from start to end of the run; 0 until it ends
+    outputs: int  # images made
+    error: str | None
+
+
+class InvocationHistory(Protocol):
+    """Enfugue jobs (origin "enfugue"), always of one owner."""
+
+    async def query(self, owner: str, query: RestQuery) -> tuple[list[HistoryEntry], int]:
+        """The page `query` selects among `owner`'s invocations, and the count before limit and offset.
+        Columns: id, user_id, started, plan (ilike only), duration, outputs, error. InvalidRequest for an
+        unknown column or a value of the wrong kind."""
+        ...
+
 
 class CacheStatsStore(Protocol):
     """What each Diffusion replica's model cache holds (table `model_cache_stats`, one row per replica)."""
@@ -408,6 +437,35 @@ class CacheStatsStore(Protocol):
 
     async def live(self, max_age_s: float) -> list[dict[str, object]]:
         """Stats of the replicas that reported within `max_age_s`."""
+        ...
+
+
+class SettingsStore(Protocol):
+    """Server settings (Enfugue's `/api/settings` keys, announcement state), table `app_settings`."""
+
+    async def get_all(self) -> dict[str, Any]:
+        """Every stored key and its JSON value."""
+        ...
+
+    async def set_many(self, values: Mapping[str, Any]) -> None:
+        """Store (insert or overwrite) every key of `values` at once."""
+        ...
+
+
+class SettingsReader(Protocol):
+    """The server settings other services obey. Each answer is the value set through `/api/settings`, or None
+    when it was never set (the caller's configured limit applies); it may be a few seconds old."""
+
+    async def max_waiting_jobs(self) -> int | None:
+        """Enfugue jobs allowed to wait (`max_queued_invocations`)."""
+        ...
+
+    async def max_concurrent_downloads(self) -> int | None:
+        """Downloads transferring at once on a replica."""
+        ...
+
+    async def max_queued_downloads(self) -> int | None:
+        """Downloads allowed to wait for a slot; past it a new download is refused (QueueFull)."""
         ...
 
 

@@ -20,9 +20,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from serve_app.domain.errors import Conflict
+from serve_app.domain.errors import Conflict, QueueFull
 from serve_app.domain.model_jobs import DownloadJob, DownloadStatus
-from serve_app.domain.ports import BusMessage, EventBus, ModelJobStore
+from serve_app.domain.ports import BusMessage, EventBus, ModelJobStore, SettingsReader
 from serve_app.services import download_files as files
 from serve_app.services.background import JobTasks
 from serve_app.services.priority_slots import PrioritySlots
@@ -118,16 +118,25 @@ class DownloadService:
         bus: EventBus | None,
         allowed_roots: Sequence[Path],
         max_concurrent: int = 2,
+        max_queued: int | None = None,
+        settings: SettingsReader | None = None,
         progress_interval_s: float = 0.5,
         retries: int = 3,
         retry_delay_s: float = 1.0,
     ) -> None:
-        """A broken-off transfer is resumed up to `retries` times, after `retry_delay_s` times the attempt number."""
+        """A broken-off transfer is resumed up to `retries` times, after `retry_delay_s` times the attempt number.
+        At most `max_concurrent` transfers run on this replica; past `max_queued` waiting downloads (None: no
+        limit) a new one is refused. Limits set in `settings` (Enfugue's `/api/settings`) replace both; they are
+        read at every new download."""
         self._jobs = jobs
         self._fetch = fetch
         self._bus = bus
         self._roots = [Path(root) for root in allowed_roots]
+        self._max_concurrent = max_concurrent
+        self._max_queued = max_queued
+        self._settings = settings
         self._slots = PrioritySlots(max_concurrent)
+        self._live: set[int] = set()  # this replica's unfinished downloads, holding a slot or waiting for one
         self._interval = progress_interval_s
         self._retries = retries
         self._retry_delay_s = retry_delay_s
@@ -159,6 +168,7 @@ class DownloadService:
         name = files.safe_name(filename)
         if not overwrite and (folder / (name or files.url_name(url))).exists():
             raise Conflict(f"File exists: {name or files.url_name(url)}")
+        await self._apply_limits(queued=install_job_id is None)
         job = await self._jobs.create_download(
             DownloadJob(
                 id=0,
@@ -175,7 +185,24 @@ class DownloadService:
         )
         transfer = _Transfer(job, access_token, name, overwrite, on_progress)
         self._tasks.start(job.id, self._run(transfer), name=f"download-{job.id}")
+        task = self._tasks.get(job.id)
+        if task is not None and not task.done():
+            self._live.add(job.id)
+            task.add_done_callback(lambda _: self._live.discard(job.id))
         return job
+
+    async def _apply_limits(self, *, queued: bool) -> None:
+        """Resize the slots to the current concurrency setting; with `queued`, refuse a download when the queue
+        is full (the files of a model install are parts of one request, so they are not refused)."""
+        concurrent = None if self._settings is None else await self._settings.max_concurrent_downloads()
+        self._slots.resize(self._max_concurrent if concurrent is None else concurrent)
+        limit = None if self._settings is None else await self._settings.max_queued_downloads()
+        limit = self._max_queued if limit is None else limit
+        # Counted here, not from the rows: a row stays `waiting` until its task has taken a slot, so a count of
+        # rows would also refuse downloads about to start. Like the slots, the queue is per replica.
+        waiting = len(self._live) - self._slots.size
+        if queued and limit is not None and waiting >= limit:
+            raise QueueFull(f"Too many downloads waiting: {waiting} of at most {limit}")
 
     async def get(self, job_id: int) -> DownloadJob:
         """One download; NotFound."""

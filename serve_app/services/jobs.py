@@ -10,7 +10,14 @@ from serve_app.domain.generation import GenerationRequest, Limits
 from serve_app.domain.images import ImageRecord, object_keys
 from serve_app.domain.jobs import Job, JobStatus, NewJob
 from serve_app.domain.models import ModelSpec
-from serve_app.domain.ports import JobRepository, ModelCatalog, ModelRegistry, ObjectStore, PresetStore
+from serve_app.domain.ports import (
+    JobRepository,
+    ModelCatalog,
+    ModelRegistry,
+    ObjectStore,
+    PresetStore,
+    SettingsReader,
+)
 from serve_app.services.generation_graphs import txt2img_graph
 from serve_app.services.model_resolution import ModelResolver
 from serve_app.services.session_queue import graph_request
@@ -67,15 +74,18 @@ class JobService:
         max_attempts: int = 3,
         registry: ModelRegistry | None = None,
         presets: PresetStore | None = None,
+        settings: SettingsReader | None = None,
     ) -> None:
         """Models are looked up in `registry` and then the `catalog` (the models folder), or the catalog only
-        without a registry; `model` may name one of the `presets` (Enfugue's `/api/models`)."""
+        without a registry; `model` may name one of the `presets` (Enfugue's `/api/models`). A waiting-job
+        limit set in `settings` (Enfugue's `max_queued_invocations`) replaces `limits.max_waiting_jobs`."""
         self._repo = repo
         self._catalog = catalog
         self._resolver = ModelResolver(catalog=catalog, registry=registry, presets=presets)
         self._store = store
         self._limits = limits
         self._max_attempts = max_attempts
+        self._settings = settings
 
     async def submit_generation(
         self, request: GenerationRequest, *, owner: str, queue_id: str = "default", priority: int = 0
@@ -102,9 +112,13 @@ class JobService:
                     origin="enfugue",
                 )
             ],
-            max_waiting=self._limits.max_waiting_jobs,
+            max_waiting=await self._max_waiting(),
         )
         return jobs[0]
+
+    async def _max_waiting(self) -> int:
+        setting = None if self._settings is None else await self._settings.max_waiting_jobs()
+        return self._limits.max_waiting_jobs if setting is None else setting
 
     async def get(self, job_id: uuid.UUID) -> Job:
         return await self._repo.get(job_id)

@@ -21,6 +21,7 @@ from serve_app.domain.generation import SCHEDULER_NAMES, GenerationRequest
 from serve_app.domain.models import ModelFamily, ModelFormat, ModelRecord, ModelType
 from serve_app.domain.ports import ModelRegistry, PresetStore
 from serve_app.domain.presets import ModelPreset
+from serve_app.domain.rest_query import RestQuery
 from serve_app.services.model_resolution import CONFIG_FIELDS, RUNNABLE_BASES, best_matches, file_name
 
 # Enfugue 0.2.2's MODEL_DEFAULT_FIELDS: the keys a preset's default configuration may hold (others are dropped).
@@ -71,6 +72,11 @@ class PresetService:
     async def get(self, name: str) -> ModelPreset:
         """Raise NotFound."""
         return await self._store.get(name)
+
+    async def query(self, query: RestQuery) -> tuple[list[ModelPreset], int]:
+        """Enfugue's generic REST GET (domain/rest_query.py): the page and the count before limit and offset.
+        InvalidRequest for an unknown column."""
+        return await self._store.query(query)
 
     async def create(self, preset: ModelPreset) -> ModelPreset:
         """Raise InvalidRequest (see check_preset), or Conflict when the name is taken."""

@@ -12,7 +12,8 @@ class PrioritySlots:
     """At most `size` holders at once; waiters are let in lowest (priority, order) first."""
 
     def __init__(self, size: int) -> None:
-        self._free = max(1, size)
+        self._size = max(1, size)
+        self._free = self._size
         self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
 
     @contextlib.asynccontextmanager
@@ -35,10 +36,26 @@ class PrioritySlots:
         finally:
             self._release()
 
+    @property
+    def size(self) -> int:
+        """How many may hold a slot at once."""
+        return self._size
+
+    def resize(self, size: int) -> None:
+        """Allow `size` holders from now on: more lets waiters in at once; fewer lets none in until enough
+        holders have left (none is interrupted)."""
+        size = max(1, size)
+        self._free += size - self._size
+        self._size = size
+        self._admit()
+
     def _release(self) -> None:
-        while self._waiting:
-            _, _, ticket = heapq.heappop(self._waiting)
-            if not ticket.done():
-                ticket.set_result(None)
-                return
         self._free += 1
+        self._admit()
+
+    def _admit(self) -> None:
+        while self._free > 0 and self._waiting:
+            _, _, ticket = heapq.heappop(self._waiting)
+            if not ticket.done():  # a cancelled waiter's ticket is skipped
+                ticket.set_result(None)
+                self._free -= 1

@@ -73,6 +73,10 @@ class IngressArgs(BaseModel):
     max_queue_size: int = Field(default=10000, ge=1, description="Pending InvokeAI queue items accepted at most.")
     max_attempts: int = Field(default=3, ge=1)
     version: str = __version__
+    # Accounts: with auth every API request needs a token. The first admin (created while no user exists) is named
+    # here; their password stays in the environment (SERVE_APP_ADMIN_PASSWORD), out of Ray's deployment config.
+    auth: bool = False
+    admin_username: str = "admin"
 
 
 class AppArgs(BaseModel):
@@ -127,5 +131,7 @@ class AppArgs(BaseModel):
                 max_body_bytes=settings.max_body_bytes,
                 max_attempts=settings.max_attempts,
                 model_import_roots=[str(root.resolve()) for root in settings.model_import_roots],
+                auth=settings.auth,
+                admin_username=settings.admin_username,
             ),
         )

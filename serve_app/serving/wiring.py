@@ -15,9 +15,11 @@ import asyncpg
 from serve_app.api.deps import ApiContext
 from serve_app.domain.models import ModelRecord, ModelSpec
 from serve_app.domain.ports import EventBus, JobExecutor, ObjectStore
+from serve_app.services.accounts import AccountService
 from serve_app.services.boards import BoardService
 from serve_app.services.dispatcher import Dispatcher, DispatcherConfig
 from serve_app.services.downloads import DownloadService
+from serve_app.services.history import HistoryService
 from serve_app.services.images import ImageService
 from serve_app.services.jobs import JobGateway, JobService
 from serve_app.services.model_configs import to_config
@@ -26,11 +28,15 @@ from serve_app.services.model_snapshot import ModelSnapshots
 from serve_app.services.models import ModelService
 from serve_app.services.presets import PresetService
 from serve_app.services.session_queue import SessionQueueService, StatusEvents
+from serve_app.services.settings import SettingsService
 from serve_app.serving.args import IngressArgs, QueueArgs, StorageArgs
+from serve_app.settings import get_settings
+from serve_app.storage.account_repository import PgAccountStore
 from serve_app.storage.change_feed import PgChangeFeed
 from serve_app.storage.db import create_pool, upgrade
 from serve_app.storage.event_bus import PgEventBus
 from serve_app.storage.hf_hub import HfHubClient
+from serve_app.storage.history_repository import PgInvocationHistory
 from serve_app.storage.http_fetch import HttpFetcher
 from serve_app.storage.image_repository import PgImageRepository
 from serve_app.storage.job_repository import PgJobRepository
@@ -40,13 +46,18 @@ from serve_app.storage.model_job_store import PgModelJobStore
 from serve_app.storage.model_probe import probe as probe_model
 from serve_app.storage.model_registry import PgCacheStats, PgModelRegistry, PgModelSettings
 from serve_app.storage.objects import make_object_store
+from serve_app.storage.passwords import Argon2Hasher
 from serve_app.storage.preset_repository import PgPresetStore
 from serve_app.storage.session_queue_repository import PgSessionQueue
+from serve_app.storage.settings_repository import PgSettingsStore
 
 log = logging.getLogger(__name__)
 
 # How often listings look for models copied into the models folder by hand.
 MODEL_RESYNC_INTERVAL_S = 10.0
+# Download limits until `/api/settings` changes them (Enfugue's defaults).
+MAX_CONCURRENT_DOWNLOADS = 2
+MAX_QUEUED_DOWNLOADS = 10
 
 
 def build_store(args: StorageArgs) -> ObjectStore:
@@ -96,6 +107,10 @@ async def queue_runtime(args: QueueArgs, executor: JobExecutor) -> AsyncIterator
         max_attempts=args.max_attempts,
         registry=registry,
         presets=PgPresetStore(pool),
+        # `max_queued_invocations` from `/api/settings` replaces limits.max_waiting_jobs once set.
+        settings=SettingsService(
+            PgSettingsStore(pool), defaults={"max_queued_invocations": args.limits.max_waiting_jobs}
+        ),
     )
     dispatcher = Dispatcher(
         repo=repo,
@@ -173,7 +188,19 @@ async def ingress_runtime(args: IngressArgs, jobs: JobGateway) -> AsyncIterator[
     model_jobs = PgModelJobStore(pool)
     fetcher = HttpFetcher()
     # Downloads may only write inside the models folder; local installs may also read the import roots.
-    downloads = DownloadService(model_jobs, fetch=fetcher, bus=bus, allowed_roots=[models.models_dir])
+    settings = SettingsService(
+        PgSettingsStore(pool),
+        defaults={"max_concurrent_downloads": MAX_CONCURRENT_DOWNLOADS, "max_queued_downloads": MAX_QUEUED_DOWNLOADS},
+    )
+    downloads = DownloadService(
+        model_jobs,
+        fetch=fetcher,
+        bus=bus,
+        allowed_roots=[models.models_dir],
+        max_concurrent=MAX_CONCURRENT_DOWNLOADS,
+        max_queued=MAX_QUEUED_DOWNLOADS,
+        settings=settings,
+    )
     installs = InstallService(
         model_jobs,
         downloads,
@@ -186,6 +213,9 @@ async def ingress_runtime(args: IngressArgs, jobs: JobGateway) -> AsyncIterator[
         await feed.start()
         # Models found in the models folder (the demo models among them) are registered on every start.
         await models.sync_folder()
+        accounts = AccountService(PgAccountStore(pool), Argon2Hasher())
+        if args.auth:
+            await accounts.bootstrap_admin(args.admin_username, get_settings().admin_password)
         yield ApiContext(
             jobs=jobs,
             store=store,
@@ -205,6 +235,10 @@ async def ingress_runtime(args: IngressArgs, jobs: JobGateway) -> AsyncIterator[
             presets=PresetService(PgPresetStore(pool), registry=PgModelRegistry(pool)),
             installs=installs,
             downloads=downloads,
+            history=HistoryService(PgInvocationHistory(pool)),
+            accounts=accounts,
+            auth_enabled=args.auth,
+            settings=settings,
         )
     finally:
         # Installs first: stopping one cancels its downloads.

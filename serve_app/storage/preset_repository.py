@@ -14,7 +14,9 @@ import asyncpg
 
 from serve_app.domain.errors import Conflict, NotFound
 from serve_app.domain.presets import ModelPreset
+from serve_app.domain.rest_query import RestQuery
 from serve_app.storage.queries import load
+from serve_app.storage.rest_query_sql import Column, ColumnKind, fetch_page
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -22,6 +24,7 @@ class PresetQueries:
     """One attribute per `-- name:` block of sql/presets.sql."""
 
     all_presets: LiteralString
+    preset_source: LiteralString
     get_preset: LiteralString
     insert_preset: LiteralString
     replace_preset: LiteralString
@@ -29,6 +32,15 @@ class PresetQueries:
 
 
 Q = load(PresetQueries, "sql/presets.sql")
+
+# Enfugue's DiffusionModel columns (enfugue-api.md §8) over `(preset_source) AS q`; `model` is the checkpoint.
+PRESET_COLUMNS = {
+    "name": Column("q.name"),
+    "model": Column("q.checkpoint"),
+    "size": Column("q.size", ColumnKind.INTEGER),
+    "prompt": Column("q.prompt"),
+    "negative_prompt": Column("q.negative_prompt"),
+}
 
 
 def _not_found(name: str) -> NotFound:
@@ -70,6 +82,10 @@ class PgPresetStore:
 
     async def all(self) -> list[ModelPreset]:
         return [_preset(row) for row in await self._pool.fetch(Q.all_presets)]
+
+    async def query(self, query: RestQuery) -> tuple[list[ModelPreset], int]:
+        rows, count = await fetch_page(self._pool, Q.preset_source, (), query, PRESET_COLUMNS, tiebreak="q.name")
+        return [_preset(row) for row in rows], count
 
     async def get(self, name: str) -> ModelPreset:
         row = await self._pool.fetchrow(Q.get_preset, name)

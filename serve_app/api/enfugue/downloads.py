@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from serve_app.api.deps import DownloadsDep, ModelsDep, OwnerDep
+from serve_app.api.deps import AdminDep, DownloadsDep, ModelsDep, OwnerDep
 from serve_app.api.enfugue.routes import envelope, json_object
 from serve_app.domain.errors import InvalidRequest
 from serve_app.domain.model_jobs import DownloadJob, DownloadStatus
@@ -61,7 +61,7 @@ async def _active(downloads: DownloadService, url: str, owner: str | None = None
     return [job for job in await downloads.list(owner) if job.source == url and not job.status.finished]
 
 
-@router.post("/download", summary="Download a model file into the models folder")
+@router.post("/download", summary="Download a model file into the models folder", dependencies=[AdminDep])
 async def start_download(request: Request, downloads: DownloadsDep, models: ModelsDep, owner: OwnerDep) -> JSONResponse:
     body = await json_object(request)
     kind, url, filename = _required(body, "type"), _required(body, "url"), _required(body, "filename")
@@ -81,7 +81,7 @@ async def list_downloads(request: Request, downloads: DownloadsDep, owner: Owner
     return envelope(request, [download_status(job) for job in jobs])
 
 
-@router.post("/download/cancel", summary="Cancel a download by its URL")
+@router.post("/download/cancel", summary="Cancel a download by its URL", dependencies=[AdminDep])
 async def cancel_download(request: Request, downloads: DownloadsDep, owner: OwnerDep) -> JSONResponse:
     url = _required(await json_object(request), "url")
     active = await _active(downloads, url, owner)

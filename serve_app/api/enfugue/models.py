@@ -1,68 +1,58 @@
 """Enfugue's model routes: presets (`/api/models`), their status, and the model listings its UI picks from.
 
 `GET /api/models[/{name}]` is one of Enfugue's generic REST handlers: `data` is always a list, `meta.count` the
-total before `limit` (default 100; 0 or less: no limit) and `offset`; its other filters (`sort`, `filter`,
-`ilike`) come with issue 5.
+total before `limit` (default 100; 0 or less: no limit) and `offset`, with `sort`, `filter`, `ilike` and
+`include` as domain/rest_query.py describes (columns name, model, size, prompt, negative_prompt).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from serve_app.api.deps import PresetsDep
+from serve_app.api.deps import AdminDep, PresetsDep
 from serve_app.api.enfugue.routes import envelope, json_object
 from serve_app.api.enfugue.schemas import INCLUDES, preset_from_body, preset_object
-from serve_app.domain.errors import InvalidRequest
-from serve_app.domain.presets import ModelPreset
+from serve_app.domain.errors import InvalidRequest, NotFound
+from serve_app.domain.rest_query import RestQuery, parse_rest_query
 
 router = APIRouter(prefix="/api", tags=["enfugue"])
 
-IncludeQuery = Annotated[list[str] | None, Query(description=f"Relations: {'|'.join(INCLUDES)}")]
 
-
-def _includes(include: list[str] | None) -> list[str]:
-    names = list(dict.fromkeys(include or ()))
-    for name in names:
+def _query(request: Request) -> RestQuery:
+    """The generic REST query of the request, its `include` names checked against the preset's relations."""
+    query = parse_rest_query(request.query_params.multi_items())
+    for name in query.includes:
         if name not in INCLUDES:
             raise InvalidRequest(f"Unknown or bad relationship {name}", field="include")
-    return names
+    return query
 
 
-def _page(presets: list[ModelPreset], limit: int, offset: int) -> list[ModelPreset]:
-    if offset < 0:
-        raise InvalidRequest("`offset` must not be negative", field="offset")
-    return presets[offset : offset + limit] if limit > 0 else presets[offset:]
-
-
-@router.get("/models", summary="Model presets")
-async def list_presets(
-    request: Request, presets: PresetsDep, include: IncludeQuery = None, limit: int = 100, offset: int = 0
-) -> JSONResponse:
-    names = _includes(include)
-    found = await presets.all()
-    data = [preset_object(preset, names) for preset in _page(found, limit, offset)]
-    return envelope(request, data, count=len(found))
+@router.get("/models", summary="Model presets (filter, ilike, sort, limit, offset, include)")
+async def list_presets(request: Request, presets: PresetsDep) -> JSONResponse:
+    query = _query(request)
+    found, count = await presets.query(query)
+    return envelope(request, [preset_object(preset, query.includes) for preset in found], count=count)
 
 
 @router.get("/models/{name}", summary="One model preset (as a one-element list)")
-async def get_preset(
-    request: Request, name: str, presets: PresetsDep, include: IncludeQuery = None, limit: int = 100, offset: int = 0
-) -> JSONResponse:
-    names = _includes(include)
-    found = [await presets.get(name)]
-    return envelope(request, [preset_object(preset, names) for preset in _page(found, limit, offset)], count=1)
+async def get_preset(request: Request, name: str, presets: PresetsDep) -> JSONResponse:
+    query = _query(request)
+    found, count = await presets.query(query.where("name", name))
+    if count == 0:
+        raise NotFound(f"No DiffusionModel found with name={name}")
+    return envelope(request, [preset_object(preset, query.includes) for preset in found], count=count)
 
 
-@router.post("/models", summary="Create a model preset")
+@router.post("/models", summary="Create a model preset", dependencies=[AdminDep])
 async def create_preset(request: Request, presets: PresetsDep) -> JSONResponse:
     preset = await presets.create(preset_from_body(await json_object(request)))
     return envelope(request, preset_object(preset))
 
 
-@router.patch("/models/{name}", summary="Change a model preset (its relations are replaced wholesale)")
+@router.patch(
+    "/models/{name}", summary="Change a model preset (its relations are replaced wholesale)", dependencies=[AdminDep]
+)
 async def update_preset(request: Request, name: str, presets: PresetsDep) -> JSONResponse:
     body = await json_object(request)
     current = await presets.get(name)
@@ -70,7 +60,12 @@ async def update_preset(request: Request, name: str, presets: PresetsDep) -> JSO
     return envelope(request, preset_object(preset))
 
 
-@router.delete("/models/{name}", summary="Delete a model preset (empty body, as Enfugue)", response_class=Response)
+@router.delete(
+    "/models/{name}",
+    summary="Delete a model preset (empty body, as Enfugue)",
+    response_class=Response,
+    dependencies=[AdminDep],
+)
 async def delete_preset(name: str, presets: PresetsDep) -> Response:
     await presets.delete(name)
     return Response(status_code=200)

@@ -17,8 +17,9 @@ from serve_app.api.enfugue.schemas import UNSUPPORTED_KEYS, InvokeBody, describe
 from serve_app.api.errors import ENFUGUE_MEDIA_TYPE, HttpError
 from serve_app.domain.errors import InvalidRequest, JobNotFound
 from serve_app.domain.images import image_key, thumbnail_key
-from serve_app.domain.jobs import JobStatus
+from serve_app.domain.jobs import Job, JobStatus
 from serve_app.domain.model_jobs import DownloadStatus
+from serve_app.services.jobs import JobGateway
 
 router = APIRouter(prefix="/api", tags=["enfugue"])
 
@@ -41,6 +42,15 @@ def _parse_uuid(value: str) -> uuid.UUID:
         return uuid.UUID(value)
     except ValueError:
         raise JobNotFound(f"No invocation {value}") from None
+
+
+async def _own_job(jobs: JobGateway, uid: str, owner: str) -> Job:
+    """The caller's job; another user's is "not found", so its existence is not revealed (as Enfugue, whose
+    lookups go through the caller's own invocations)."""
+    job = await jobs.get(_parse_uuid(uid))
+    if job.owner != owner:
+        raise JobNotFound(f"No invocation {uid}")
+    return job
 
 
 @router.get("", summary="Server status")
@@ -103,19 +113,19 @@ async def thumbnail_file(file: str, store: StoreDep) -> Response:
 
 
 @router.get("/invocation/{uid}", summary="One invocation's status")
-async def get_invocation(request: Request, uid: str, jobs: JobsDep) -> JSONResponse:
-    return envelope(request, invocation_status(await jobs.get(_parse_uuid(uid))))
+async def get_invocation(request: Request, uid: str, jobs: JobsDep, owner: OwnerDep) -> JSONResponse:
+    return envelope(request, invocation_status(await _own_job(jobs, uid, owner)))
 
 
 @router.delete("/invocation/{uid}", summary="Delete an invocation and its images (cancels it first)")
-async def delete_invocation(request: Request, uid: str, jobs: JobsDep) -> JSONResponse:
-    await jobs.delete(_parse_uuid(uid))
+async def delete_invocation(request: Request, uid: str, jobs: JobsDep, owner: OwnerDep) -> JSONResponse:
+    await jobs.delete((await _own_job(jobs, uid, owner)).id)
     return envelope(request, None)
 
 
 @router.post("/invocation/{uid}/cancel", summary="Cancel one invocation (serve-app extension)")
-async def cancel_invocation(request: Request, uid: str, jobs: JobsDep) -> JSONResponse:
-    return envelope(request, invocation_status(await jobs.cancel(_parse_uuid(uid))))
+async def cancel_invocation(request: Request, uid: str, jobs: JobsDep, owner: OwnerDep) -> JSONResponse:
+    return envelope(request, invocation_status(await jobs.cancel((await _own_job(jobs, uid, owner)).id)))
 
 
 async def json_object(request: Request) -> dict[str, Any]:

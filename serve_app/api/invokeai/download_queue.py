@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from serve_app.api.deps import DownloadsDep, OwnerDep
+from serve_app.api.deps import AdminDep, DownloadsDep, OwnerDep
 from serve_app.api.errors import HttpError
 from serve_app.api.invokeai.model_install_schemas import DownloadJobOut, DownloadRequest
 from serve_app.domain.errors import NotFound
@@ -20,14 +20,14 @@ async def list_downloads(downloads: DownloadsDep) -> list[DownloadJobOut]:
     return [DownloadJobOut.from_domain(job) for job in await downloads.list()]
 
 
-@router.patch("/", operation_id="prune_downloads", status_code=204, response_class=Response)
+@router.patch("/", operation_id="prune_downloads", dependencies=[AdminDep], status_code=204, response_class=Response)
 async def prune_downloads(downloads: DownloadsDep) -> Response:
     """Forget completed, failed and cancelled downloads."""
     await downloads.prune()
     return Response(status_code=204)
 
 
-@router.post("/i/", operation_id="download", response_model=DownloadJobOut)
+@router.post("/i/", operation_id="download", dependencies=[AdminDep], response_model=DownloadJobOut)
 async def download(downloads: DownloadsDep, owner: OwnerDep, body: DownloadRequest) -> DownloadJobOut:
     """Download `source` into `dest` (a folder, or a file path named like a model file; inside the models
     folder; a relative one is taken from there) in the background."""
@@ -53,7 +53,9 @@ async def get_download_job(downloads: DownloadsDep, id: int) -> DownloadJobOut:
         raise HttpError(404, UNKNOWN_JOB) from None
 
 
-@router.delete("/i/{id}", operation_id="cancel_download_job", status_code=204, response_class=Response)
+@router.delete(
+    "/i/{id}", operation_id="cancel_download_job", dependencies=[AdminDep], status_code=204, response_class=Response
+)
 async def cancel_download_job(downloads: DownloadsDep, id: int) -> Response:
     """Cancel a download (a finished one stays as it is)."""
     try:
@@ -63,7 +65,9 @@ async def cancel_download_job(downloads: DownloadsDep, id: int) -> Response:
     return Response(status_code=204)
 
 
-@router.delete("/i", operation_id="cancel_all_download_jobs", status_code=204, response_class=Response)
+@router.delete(
+    "/i", operation_id="cancel_all_download_jobs", dependencies=[AdminDep], status_code=204, response_class=Response
+)
 async def cancel_all_download_jobs(downloads: DownloadsDep) -> Response:
     """Cancel every unfinished download."""
     await downloads.cancel_all()

@@ -13,7 +13,7 @@ from typing import Annotated, Literal, cast
 from fastapi import APIRouter, Body, Query, Response
 from fastapi.responses import HTMLResponse
 
-from serve_app.api.deps import InstallsDep, ModelsDep
+from serve_app.api.deps import AdminDep, InstallsDep, ModelsDep
 from serve_app.api.errors import HttpError
 from serve_app.api.invokeai.model_install_schemas import HfLogin, HuggingFaceModels, ModelInstallJobOut
 from serve_app.domain.errors import Conflict, InvalidRequest, ModelNotFound, NotFound
@@ -46,7 +46,13 @@ def _no_job(job_id: int) -> str:
     return f"No job with id {job_id} known"
 
 
-@router.post("/install", operation_id="install_model", status_code=201, response_model=ModelInstallJobOut)
+@router.post(
+    "/install",
+    operation_id="install_model",
+    dependencies=[AdminDep],
+    status_code=201,
+    response_model=ModelInstallJobOut,
+)
 async def install_model(
     installs: InstallsDep,
     models: ModelsDep,
@@ -66,7 +72,13 @@ async def list_model_installs(installs: InstallsDep, models: ModelsDep) -> list[
     return [await _out(models, job) for job in await installs.list()]
 
 
-@router.delete("/install", operation_id="prune_model_install_jobs", status_code=204, response_class=Response)
+@router.delete(
+    "/install",
+    operation_id="prune_model_install_jobs",
+    dependencies=[AdminDep],
+    status_code=204,
+    response_class=Response,
+)
 async def prune_model_install_jobs(installs: InstallsDep) -> Response:
     """Forget completed, failed and cancelled installs."""
     await installs.prune()
@@ -76,6 +88,7 @@ async def prune_model_install_jobs(installs: InstallsDep) -> Response:
 @router.get(
     "/install/huggingface",
     operation_id="install_hugging_face_model",
+    dependencies=[AdminDep],
     status_code=201,
     response_class=HTMLResponse,
     responses={400: {"description": "Bad request"}, 409: {"description": "Already installed"}},
@@ -134,6 +147,7 @@ async def get_model_install_job(installs: InstallsDep, models: ModelsDep, id: in
 @router.delete(
     "/install/{id}",
     operation_id="cancel_model_install_job",
+    dependencies=[AdminDep],
     status_code=201,
     responses={415: {"description": "No such job"}},
 )
@@ -171,13 +185,13 @@ async def get_hf_login_status(installs: InstallsDep) -> HFTokenStatus:
     return cast(HFTokenStatus, await installs.hf_status())
 
 
-@router.post("/hf_login", operation_id="do_hf_login", response_model=HFTokenStatus)
+@router.post("/hf_login", operation_id="do_hf_login", dependencies=[AdminDep], response_model=HFTokenStatus)
 async def do_hf_login(installs: InstallsDep, body: HfLogin) -> HFTokenStatus:
     """Store a Hugging Face token (not when the hub refuses it) and say how it stands."""
     return cast(HFTokenStatus, await installs.hf_login(body.token))
 
 
-@router.delete("/hf_login", operation_id="reset_hf_token", response_model=HFTokenStatus)
+@router.delete("/hf_login", operation_id="reset_hf_token", dependencies=[AdminDep], response_model=HFTokenStatus)
 async def reset_hf_token(installs: InstallsDep) -> HFTokenStatus:
     """Forget the stored token."""
     return cast(HFTokenStatus, await installs.hf_logout())

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Response
 from pydantic import BaseModel, Field
 
-from serve_app.api.deps import ModelsDep
+from serve_app.api.deps import AdminDep, ModelsDep
 from serve_app.api.errors import HttpError
 from serve_app.domain.errors import ModelNotFound
 
@@ -35,7 +35,7 @@ async def get_related_models(models: ModelsDep, model_key: str) -> list[str]:
         raise HttpError(404, MODEL_NOT_FOUND) from None
 
 
-@router.post("/", status_code=204)
+@router.post("/", status_code=204, dependencies=[AdminDep])
 async def add_model_relationship(
     models: ModelsDep, req: Annotated[ModelRelationshipCreateRequest, Body(description="The model keys to relate")]
 ) -> Response:
@@ -47,7 +47,7 @@ async def add_model_relationship(
     return Response(status_code=204)
 
 
-@router.delete("/", status_code=204)
+@router.delete("/", status_code=204, dependencies=[AdminDep])
 async def remove_model_relationship(
     models: ModelsDep, req: Annotated[ModelRelationshipCreateRequest, Body(description="The model keys to disconnect")]
 ) -> Response:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query, Response, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve_app.api.deps import ModelsDep
+from serve_app.api.deps import AdminDep, ModelsDep
 from serve_app.api.errors import HttpError
 from serve_app.domain.errors import ModelNotFound, NotFound
 from serve_app.domain.models import (
@@ -137,7 +137,7 @@ async def get_model_record(models: ModelsDep, key: str) -> ModelConfigBase:
         raise HttpError(404, MODEL_NOT_FOUND) from None
 
 
-@router.patch("/i/{key}", operation_id="update_model_record", response_model=AnyModelConfig)
+@router.patch("/i/{key}", operation_id="update_model_record", dependencies=[AdminDep], response_model=AnyModelConfig)
 async def update_model_record(
     models: ModelsDep, key: str, changes: Annotated[ModelRecordChanges, Body(description="Model config")]
 ) -> ModelConfigBase:
@@ -148,7 +148,7 @@ async def update_model_record(
         raise HttpError(404, MODEL_NOT_FOUND) from None
 
 
-@router.delete("/i/{key}", operation_id="delete_model", status_code=204)
+@router.delete("/i/{key}", operation_id="delete_model", dependencies=[AdminDep], status_code=204)
 async def delete_model(models: ModelsDep, key: str) -> Response:
     """Unregister a model; its files go too when they are inside the models folder."""
     try:
@@ -169,7 +169,7 @@ async def get_model_image(models: ModelsDep, key: str) -> Response:
     return Response(data, media_type="image/png", headers=headers)
 
 
-@router.patch("/i/{key}/image", operation_id="update_model_image")
+@router.patch("/i/{key}/image", operation_id="update_model_image", dependencies=[AdminDep])
 async def update_model_image(models: ModelsDep, key: str, image: UploadFile) -> None:
     """Set the model's cover image (415 when the upload is not an image)."""
     try:
@@ -178,7 +178,7 @@ async def update_model_image(models: ModelsDep, key: str, image: UploadFile) -> 
         raise HttpError(404, MODEL_NOT_FOUND) from None
 
 
-@router.delete("/i/{key}/image", operation_id="delete_model_image", status_code=204)
+@router.delete("/i/{key}/image", operation_id="delete_model_image", dependencies=[AdminDep], status_code=204)
 async def delete_model_image(models: ModelsDep, key: str) -> Response:
     """Remove the model's cover image."""
     try:
@@ -188,7 +188,7 @@ async def delete_model_image(models: ModelsDep, key: str) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/scan_folder", operation_id="scan_for_models", response_model=list[FoundModel])
+@router.get("/scan_folder", operation_id="scan_for_models", dependencies=[AdminDep], response_model=list[FoundModel])
 async def scan_for_models(
     models: ModelsDep,
     scan_path: Annotated[str | None, Query(description="Directory path to search for models")] = None,
@@ -200,7 +200,7 @@ async def scan_for_models(
     return [FoundModel(path=path, is_installed=installed) for path, installed in found]
 
 
-@router.put("/convert/{key}", operation_id="convert_model", response_model=AnyModelConfig)
+@router.put("/convert/{key}", operation_id="convert_model", dependencies=[AdminDep], response_model=AnyModelConfig)
 async def convert_model(models: ModelsDep, key: str) -> ModelConfigBase:
     """Convert a main checkpoint into a diffusers folder; the model gets a new key and hash."""
     try:
@@ -222,7 +222,7 @@ async def get_stats(models: ModelsDep) -> Any:
     return None if stats is None else CacheStats.model_validate(stats)
 
 
-@router.post("/empty_model_cache", operation_id="empty_model_cache")
+@router.post("/empty_model_cache", operation_id="empty_model_cache", dependencies=[AdminDep])
 async def empty_model_cache(models: ModelsDep) -> None:
     """Ask every Diffusion replica to drop the models it is not using."""
     await models.empty_cache()

@@ -10,6 +10,10 @@
 -- Every preset, by name.
 SELECT * FROM model_presets ORDER BY name;
 
+-- name: preset_source
+-- Every preset: the source that rest_query_sql.fetch_page wraps as `(...) AS q` for `GET /api/models`.
+SELECT * FROM model_presets
+
 -- name: get_preset
 -- One preset by name.
 SELECT * FROM model_presets WHERE name = $1;

@@ -1,0 +1,210 @@
+"""AccountService: users (Enfugue's `/api/users` rules), login sessions, API keys, and token authentication."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from serve_app.domain.accounts import (
+    AccountStore,
+    Identity,
+    IssuedToken,
+    PasswordHasher,
+    TokenKind,
+    TokenRecord,
+    User,
+)
+from serve_app.domain.errors import InvalidRequest, NotFound, Unauthorized
+
+log = logging.getLogger(__name__)
+
+_USERNAME = re.compile(r"^[a-zA-Z0-9_]+$")
+# Enfugue's token lifetime (pibble's default `expires`).
+DEFAULT_SESSION_TTL = timedelta(hours=730)
+INCORRECT_LOGIN = "Incorrect username or password."
+
+
+def token_hash(token: str) -> str:
+    """What is stored for a token: its sha256. Tokens are random (256 bits), so no salt or slow hash is needed."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _user_not_found(username: str) -> NotFound:
+    # Enfugue's generic REST wording for a scoped lookup.
+    return NotFound(f"No User found with username={username}")
+
+
+class AccountService:
+    """Every account operation; the HTTP layers only translate shapes."""
+
+    def __init__(
+        self,
+        store: AccountStore,
+        hasher: PasswordHasher,
+        *,
+        session_ttl: timedelta = DEFAULT_SESSION_TTL,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self._hasher = hasher
+        self._session_ttl = session_ttl
+        self._now = now
+        self._dummy_hash: str | None = None
+
+    # Users
+
+    async def create_user(
+        self,
+        username: str | None,
+        new_password: str | None,
+        repeat_password: str | None,
+        *,
+        admin: bool = False,
+        first_name: str | None = None,
+        last_name: str | None = None,
+    ) -> User:
+        """Enfugue's POST /api/users checks, in its order, with its messages."""
+        if not username:
+            raise InvalidRequest("Username is required.", field="username")
+        if not _USERNAME.match(username):
+            raise InvalidRequest("Usernames may contain only letters, digits and underscores.", field="username")
+        if await self._store.get_user(username) is not None:
+            raise InvalidRequest(f"User {username} already exists.", field="username")
+        if not new_password:
+            raise InvalidRequest("Password is required.", field="new_password")
+        if new_password != repeat_password:
+            raise InvalidRequest("Passwords do not match.", field="repeat_password")
+        user = await self._store.create_user(
+            username, self._hasher.hash(new_password), admin=admin, first_name=first_name, last_name=last_name
+        )
+        if user is None:  # Created concurrently between the check and the insert.
+            raise InvalidRequest(f"User {username} already exists.", field="username")
+        return user
+
+    async def update_user(
+        self,
+        username: str,
+        *,
+        new_password: str | None = None,
+        repeat_password: str | None = None,
+        admin: bool | None = None,
+        first_name: str | None = None,
+        last_name: str | None = None,
+    ) -> User:
+        """Change what is given; the password only when both password fields are (as Enfugue)."""
+        password_hash = None
+        if new_password is not None and repeat_password is not None:
+            if not new_password:
+                raise InvalidRequest("Password is required.", field="new_password")
+            if new_password != repeat_password:
+                raise InvalidRequest("Passwords do not match.", field="repeat_password")
+            password_hash = self._hasher.hash(new_password)
+        result = await self._store.update_user(
+            username, password_hash=password_hash, admin=admin, first_name=first_name, last_name=last_name
+        )
+        if result == "missing":
+            raise _user_not_found(username)
+        if result == "last_admin":
+            raise InvalidRequest(f"User {username} is the last administrator and cannot be demoted.")
+        return result
+
+    async def delete_user(self, username: str) -> None:
+        result = await self._store.delete_user(username)
+        if result == "missing":
+            raise _user_not_found(username)
+        if result == "last_admin":
+            raise InvalidRequest(f"User {username} is the last administrator and cannot be deleted.")
+
+    async def get_user(self, username: str) -> User:
+        user = await self._store.get_user(username)
+        if user is None:
+            raise _user_not_found(username)
+        return user
+
+    async def list_users(self) -> list[User]:
+        return await self._store.list_users()
+
+    async def bootstrap_admin(self, username: str, password: str) -> User | None:
+        """Create the first admin when there are no users at all (a server just switched to auth); None when users
+        exist already, so a changed setting never resets anyone's password."""
+        if await self._store.count_users() > 0:
+            return None
+        if not password:
+            raise InvalidRequest("Authentication is on and no user exists: set SERVE_APP_ADMIN_PASSWORD.")
+        user = await self._store.create_user(username, self._hasher.hash(password), admin=True)
+        if user is not None:
+            log.info("created the first administrator %r", username)
+        return user
+
+    # Sessions
+
+    async def login(self, username: str | None, password: str | None) -> IssuedToken:
+        """A new session token; Unauthorized with Enfugue's messages. The username matches ignoring case."""
+        if not username or not password:
+            raise Unauthorized("Missing username or password.")
+        found = await self._store.credentials(username)
+        if found is None:
+            # Spend the same time as a wrong password, so a response time does not tell which usernames exist.
+            self._hasher.verify(self._dummy(), password)
+            raise Unauthorized(INCORRECT_LOGIN)
+        user, stored_hash = found
+        if not self._hasher.verify(stored_hash, password):
+            raise Unauthorized(INCORRECT_LOGIN)
+        if self._hasher.needs_rehash(stored_hash):
+            await self._store.update_user(user.username, password_hash=self._hasher.hash(password))
+        now = self._now()
+        await self._store.record_login(user.id, now)
+        return await self._issue(user, "session", name=None, expires_at=now + self._session_ttl)
+
+    async def logout(self, token: str) -> bool:
+        """Forget a session token; False when it was unknown. An API key is left alone (revoke it by its id), so a
+        client logging out with its key does not lose it."""
+        found = await self._store.find_token(token_hash(token))
+        if found is None or found[0].kind != "session":
+            return False
+        return await self._store.delete_token(token_hash(token))
+
+    async def authenticate(self, token: str) -> Identity | None:
+        """Who a token (session or API key) belongs to; None when unknown or expired (an expired one is deleted)."""
+        found = await self._store.find_token(token_hash(token))
+        if found is None:
+            return None
+        record, user = found
+        now = self._now()
+        if record.expires_at is not None and record.expires_at <= now:
+            await self._store.delete_token(token_hash(token))
+            return None
+        await self._store.touch_token(record.id, now)
+        return Identity(username=user.username, admin=user.admin, user_id=user.id)
+
+    # API keys
+
+    async def create_api_key(self, username: str, name: str | None = None) -> IssuedToken:
+        """A key that does not expire; its clear text is in the result only."""
+        return await self._issue(await self.get_user(username), "api_key", name=name, expires_at=None)
+
+    async def list_api_keys(self, username: str) -> list[TokenRecord]:
+        return await self._store.list_tokens((await self.get_user(username)).id, "api_key")
+
+    async def revoke_api_key(self, username: str, key_id: int) -> None:
+        user = await self.get_user(username)
+        if not await self._store.delete_token_by_id(user.id, key_id):
+            raise NotFound(f"No API key {key_id}")
+
+    async def _issue(
+        self, user: User, kind: TokenKind, *, name: str | None, expires_at: datetime | None
+    ) -> IssuedToken:
+        token = secrets.token_urlsafe(32)
+        record = await self._store.insert_token(
+            user.id, token_hash(token), kind, name=name, created_at=self._now(), expires_at=expires_at
+        )
+        return IssuedToken(token=token, record=record, user=user)
+
+    def _dummy(self) -> str:
+        if self._dummy_hash is None:
+            self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+        return self._dummy_hash
