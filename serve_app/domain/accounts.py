@@ -6,6 +6,8 @@ import dataclasses
 from datetime import datetime
 from typing import Literal, Protocol
 
+from serve_app.domain.rest_query import RestQuery
+
 TokenKind = Literal["session", "api_key"]
 
 
@@ -89,6 +91,10 @@ class AccountStore(Protocol):
 
     async def list_users(self) -> list[User]:
         """By username."""
+        ...
+
+    async def query_users(self, query: RestQuery) -> tuple[list[User], int]:
+        """Enfugue's generic REST GET: the page of users and the count before limit/offset."""
         ...
 
     async def update_user(

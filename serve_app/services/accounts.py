@@ -19,6 +19,7 @@ from serve_app.domain.accounts import (
     User,
 )
 from serve_app.domain.errors import InvalidRequest, NotFound, Unauthorized
+from serve_app.domain.rest_query import RestQuery
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,10 @@ class AccountService:
 
     async def list_users(self) -> list[User]:
         return await self._store.list_users()
+
+    async def query_users(self, query: RestQuery) -> tuple[list[User], int]:
+        """Users by Enfugue's generic REST query language (filter, ilike, sort, limit, offset)."""
+        return await self._store.query_users(query)
 
     async def bootstrap_admin(self, username: str, password: str) -> User | None:
         """Create the first admin when there are no users at all (a server just switched to auth); None when users

@@ -40,6 +40,7 @@ def ingress_args(args: AppArgs) -> IngressArgs:
             "database_url": ingress.database_url or queue.database_url,
             "models_dir": ingress.models_dir or queue.models_dir,
             "default_model": ingress.default_model or queue.default_model,
+            "max_waiting_jobs": queue.limits.max_waiting_jobs,
         }
     )
 

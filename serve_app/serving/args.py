@@ -71,6 +71,8 @@ class IngressArgs(BaseModel):
     # Folders besides models_dir that local model installs and folder scans may read.
     model_import_roots: list[str] = []
     max_queue_size: int = Field(default=10000, ge=1, description="Pending InvokeAI queue items accepted at most.")
+    # The Queue's waiting-jobs limit (build_app fills it in from QueueArgs.limits).
+    max_waiting_jobs: int = Field(default=256, ge=1)
     max_attempts: int = Field(default=3, ge=1)
     version: str = __version__
     # Accounts: with auth every API request needs a token. The first admin (created while no user exists) is named

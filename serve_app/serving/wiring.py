@@ -190,7 +190,12 @@ async def ingress_runtime(args: IngressArgs, jobs: JobGateway) -> AsyncIterator[
     # Downloads may only write inside the models folder; local installs may also read the import roots.
     settings = SettingsService(
         PgSettingsStore(pool),
-        defaults={"max_concurrent_downloads": MAX_CONCURRENT_DOWNLOADS, "max_queued_downloads": MAX_QUEUED_DOWNLOADS},
+        defaults={
+            "max_concurrent_downloads": MAX_CONCURRENT_DOWNLOADS,
+            "max_queued_downloads": MAX_QUEUED_DOWNLOADS,
+            # What the Queue enforces until someone sets it, so GET /api/settings shows the real limit.
+            "max_queued_invocations": args.max_waiting_jobs,
+        },
     )
     downloads = DownloadService(
         model_jobs,

@@ -10,7 +10,9 @@ from typing import Any, Literal, LiteralString, cast
 import asyncpg
 
 from serve_app.domain.accounts import TokenKind, TokenRecord, User
+from serve_app.domain.rest_query import RestQuery
 from serve_app.storage.queries import load
+from serve_app.storage.rest_query_sql import Column, ColumnKind, fetch_page
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -21,6 +23,7 @@ class AccountQueries:
     insert_user: LiteralString
     get_user: LiteralString
     list_users: LiteralString
+    user_source: LiteralString
     count_users: LiteralString
     other_admins: LiteralString
     update_user: LiteralString
@@ -35,6 +38,18 @@ class AccountQueries:
 
 
 Q = load(AccountQueries, "sql/accounts.sql")
+
+
+# Enfugue's User columns a query may filter, search or sort on (hidden ones, such as the password, are absent).
+USER_COLUMNS = {
+    "id": Column("q.id", ColumnKind.INTEGER),
+    "username": Column("q.username"),
+    "first_name": Column("q.first_name"),
+    "last_name": Column("q.last_name"),
+    "admin": Column("q.admin", ColumnKind.BOOLEAN),
+    "created": Column("q.created_at", ColumnKind.TIMESTAMP),
+    "last_login": Column("q.last_login", ColumnKind.TIMESTAMP),
+}
 
 
 def _user(row: Mapping[str, Any], prefix: str = "") -> User:
@@ -89,6 +104,11 @@ class PgAccountStore:
 
     async def list_users(self) -> list[User]:
         return [_user(row) for row in await self._pool.fetch(Q.list_users)]
+
+    async def query_users(self, query: RestQuery) -> tuple[list[User], int]:
+        """Enfugue's generic REST GET over users; the password hash is not a column anyone can name."""
+        rows, count = await fetch_page(self._pool, Q.user_source, (), query, USER_COLUMNS, tiebreak="lower(q.username)")
+        return [_user(row) for row in rows], count
 
     async def update_user(
         self,

@@ -278,3 +278,18 @@ async def test_invokeai_auth_routes_with_auth_off(pool, repo, models_dir: Path, 
         assert (me["user_id"], me["is_admin"]) == ("admin", True)
         login = await client.post("/api/v1/auth/login", json={"email": "alice", "password": "alice-pw"})
         assert login.status_code == 403
+
+
+async def test_users_by_the_generic_rest_query_language(server):
+    async with await server.bearer("root") as root:
+        admins = (await root.get("/api/users", params={"filter": "admin:true"})).json()
+        assert [user["attributes"]["username"] for user in admins["data"]] == ["root"]
+        page = (await root.get("/api/users", params={"sort": "username:desc", "limit": 1, "offset": 1})).json()
+        assert [user["attributes"]["username"] for user in page["data"]] == ["bob"]
+        assert page["meta"]["count"] == 3  # before limit and offset
+        searched = (await root.get("/api/users", params=[("ilike", "username:LIC"), ("ilike", "username:ob")])).json()
+        assert sorted(user["attributes"]["username"] for user in searched["data"]) == ["alice", "bob"]
+        hostile = (await root.get("/api/users", params={"filter": "username:x' OR '1'='1"})).json()
+        assert hostile["data"] == [] and hostile["meta"]["count"] == 0
+        for params in ({"filter": "password_hash:x"}, {"sort": "password_hash"}, {"include": "permission_groups"}):
+            assert_enfugue_error(await root.get("/api/users", params=params), 400, "BadRequestError", "")

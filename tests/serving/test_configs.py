@@ -8,7 +8,8 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from serve_app.serving.app import build_app, resolve_args
+from serve_app.serving.app import build_app, diffusion_args, ingress_args, resolve_args
+from serve_app.serving.args import AppArgs
 from serve_app.settings import Settings
 
 CONFIGS = sorted((Path(__file__).parents[2] / "deployments").glob("*.yaml"))
@@ -65,3 +66,12 @@ def test_settings_normalize_urls_and_default_paths(tmp_path: Path):
     assert settings.resolved_models_dir() == (tmp_path / "models").resolve()
     assert settings.resolved_storage_url() == (tmp_path / "files").resolve().as_uri()
     assert Settings(data_dir=tmp_path, database_url="").database_url is None
+
+
+def test_the_ingress_shares_the_queues_database_models_and_waiting_limit(tmp_path: Path):
+    settings = Settings(data_dir=tmp_path, max_waiting_jobs=7, _env_file=None)
+    args = AppArgs.from_settings(settings, database_url="postgresql://db/serve")
+    ingress = ingress_args(args.model_copy(update={"ingress": args.ingress.model_copy(update={"database_url": ""})}))
+    assert ingress.database_url == "postgresql://db/serve"
+    assert ingress.max_waiting_jobs == 7  # GET /api/settings shows the limit the Queue enforces
+    assert diffusion_args(args).database_url == "postgresql://db/serve"

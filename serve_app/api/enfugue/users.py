@@ -13,6 +13,7 @@ from serve_app.api.deps import AccountsDep, AdminDep, IdentityDep
 from serve_app.api.enfugue.routes import envelope, json_object
 from serve_app.domain.accounts import IssuedToken, TokenRecord, User
 from serve_app.domain.errors import InvalidRequest
+from serve_app.domain.rest_query import RestQuery, parse_rest_query
 
 router = APIRouter(prefix="/api", tags=["enfugue"])
 
@@ -103,14 +104,23 @@ async def login(request: Request, accounts: AccountsDep) -> JSONResponse:
     return response
 
 
-@router.get("/users", summary="Every user", dependencies=[AdminDep])
+def _query(request: Request) -> RestQuery:
+    query = parse_rest_query(request.query_params.multi_items())
+    if query.includes:
+        # Users carry `admin` instead of Enfugue's permission groups; there is nothing to include.
+        raise InvalidRequest(f"Unknown or bad relationship {query.includes[0]}", field="include")
+    return query
+
+
+@router.get("/users", summary="Users, by the generic REST query language", dependencies=[AdminDep])
 async def list_users(request: Request, accounts: AccountsDep) -> JSONResponse:
-    users = await accounts.list_users()
-    return envelope(request, [user_object(user) for user in users], count=len(users))
+    users, count = await accounts.query_users(_query(request))
+    return envelope(request, [user_object(user) for user in users], count=count)
 
 
 @router.get("/users/{username}", summary="One user (a one-item list, as Enfugue's REST GET)", dependencies=[AdminDep])
 async def get_user(request: Request, username: str, accounts: AccountsDep) -> JSONResponse:
+    _query(request)  # a bad query string is a 400 here too
     return envelope(request, [user_object(await accounts.get_user(username))], count=1)
 
 

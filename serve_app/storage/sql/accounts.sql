@@ -22,6 +22,10 @@ SELECT * FROM users WHERE lower(username) = lower($1);
 -- Every user, by username.
 SELECT * FROM users ORDER BY lower(username);
 
+-- name: user_source
+-- Every user, for the generic REST query language (storage/rest_query_sql.py wraps it as `q`); no secrets.
+SELECT id, username, first_name, last_name, admin, created_at, last_login FROM users
+
 -- name: count_users
 -- How many users exist.
 SELECT count(*) FROM users;
