@@ -111,12 +111,19 @@ async def get_owner(identity: Annotated[Identity, Depends(get_identity)]) -> str
     return identity.username
 
 
+async def get_scope(identity: Annotated[Identity, Depends(get_identity)]) -> str | None:
+    """Whose records a request may see and change: everyone's (None) for an admin, else the caller's own."""
+    return None if identity.admin else identity.username
+
+
 ContextDep = Annotated[ApiContext, Depends(get_context)]
 JobsDep = Annotated[JobGateway, Depends(get_jobs)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 OwnerDep = Annotated[str, Depends(get_owner)]
 IdentityDep = Annotated[Identity, Depends(get_identity)]
 AdminIdentityDep = Annotated[Identity, Depends(require_admin)]
+# The `owner` filter of a listing or bulk change: None for admins (and every request with auth off).
+ScopeDep = Annotated[str | None, Depends(get_scope)]
 # For `dependencies=[AdminDep]` on routes only admins may call (when auth is on; everyone is admin otherwise).
 AdminDep = Depends(require_admin)
 

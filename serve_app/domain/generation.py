@@ -1,7 +1,8 @@
-"""A text-to-image request in dialect-neutral terms, and the limits it must respect."""
+"""A generation request (text to image, image to image, inpaint) in dialect-neutral terms, and its limits."""
 
 from __future__ import annotations
 
+import json
 import secrets
 from typing import Any, Literal
 
@@ -43,7 +44,7 @@ ENFUGUE_TO_INVOKEAI_SCHEDULER: dict[str, str] = {
 
 
 class GenerationRequest(BaseModel):
-    """Text to image: what the Diffusion replica needs, stored as the job's request JSON."""
+    """What the Diffusion replica needs, stored as the job's request JSON."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -77,9 +78,39 @@ class GenerationRequest(BaseModel):
     lycoris: list[WeightedModel] = Field(default_factory=list)
     inversion: list[str] = Field(default_factory=list)
     vae: str | None = None
+    # Image to image and inpainting: the names of input images already in object storage (`images/<name>`,
+    # fitted to width × height), as the graph's `image` nodes load them. `mask` is in the engine's convention
+    # (white = keep, black = repaint); `strength` None means Enfugue's default (0.8 img2img, 1.0 inpaint).
+    image: str | None = None
+    mask: str | None = None
+    strength: float | None = None
+    # Enfugue's `intermediates`: False turns the job's progress previews off (None/True: on).
+    intermediates: bool | None = None
+    # Enfugue's opaque UI `state`, written back into each result PNG (`EnfugueUIState`) and not used otherwise.
+    state: Any = None
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+# The PNG text chunks Enfugue writes into each result (enfugue-api.md §5.3) and reads back in its UI.
+GENERATION_DATA_CHUNK = "EnfugueGenerationData"
+UI_STATE_CHUNK = "EnfugueUIState"
+# Kept for clients of earlier serve-app versions: the request as stored, with the image's own seed.
+SERVE_APP_CHUNK = "serve_app_metadata"
+
+
+def enfugue_png_text(enfugue: dict[str, Any], position: int) -> dict[str, str]:
+    """The text chunks of the `position`-th result of a request (`GenerationRequest.to_json()`): each image
+    carries its own seed (seed + position); input images are redacted to their size, as Enfugue's plan is."""
+    own = {**enfugue, "seed": enfugue["seed"] + position}
+    state = own.pop("state", None)
+    plan = {**own, **{key: {"width": own.get("width"), "height": own.get("height"), "mode": mode}
+                      for key, mode in (("image", "RGB"), ("mask", "L")) if own.get(key) is not None}}  # fmt: skip
+    text = {GENERATION_DATA_CHUNK: json.dumps(plan), SERVE_APP_CHUNK: json.dumps(own)}
+    if state is not None:
+        text[UI_STATE_CHUNK] = json.dumps(state)
+    return text
 
 
 class Limits(BaseModel):
@@ -141,5 +172,9 @@ def check_runnable(request: GenerationRequest) -> None:
         raise InvalidRequest(
             f"`guidance_scale` must not be negative, got {request.guidance_scale}", field="guidance_scale"
         )
+    if request.strength is not None and not 0 <= request.strength <= 1:
+        raise InvalidRequest(f"`strength` must be between 0 and 1, got {request.strength}", field="strength")
+    if request.mask is not None and request.image is None:
+        raise InvalidRequest("`mask` needs an `image` to inpaint", field="mask")
     if request.scheduler is not None and request.scheduler not in SCHEDULER_NAMES:
         raise InvalidRequest(f"Unknown scheduler {request.scheduler}", field="scheduler")

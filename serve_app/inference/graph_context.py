@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from serve_app.domain.errors import JobCanceled, ModelNotFound
+from serve_app.domain.generation import enfugue_png_text
 from serve_app.domain.graph.fields import ImageField, ModelIdentifierField
 from serve_app.domain.images import GeneratedImage, ImageCategory, image_key, image_name, thumbnail_key
 from serve_app.domain.jobs import ClaimedJob
@@ -181,8 +182,8 @@ class NodeContext:
             text["invokeai_metadata"] = json.dumps(metadata)
         enfugue = self.job.request.get("enfugue")
         if isinstance(enfugue, dict):
-            # Enfugue clients read their parameters back from here, with this image's own seed.
-            text["serve_app_metadata"] = json.dumps({**enfugue, "seed": enfugue["seed"] + self._images_saved})
+            # Enfugue clients read their parameters (and UI state) back from here, with this image's own seed.
+            text.update(enfugue_png_text(enfugue, self._images_saved))
         png, thumb = encode_png(image, text), encode_thumbnail(image)
         key, thumb_key = image_key(name), thumbnail_key(name)
         self._run(self._store.put(key, png, "image/png"))

@@ -34,6 +34,7 @@ from serve_app.domain.ports import (
     ObjectStore,
 )
 from serve_app.services import invokeai_events
+from serve_app.services.enfugue_intermediates import IntermediatePreviews
 from serve_app.services.model_snapshot import ModelSnapshots, Snapshot
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class Dispatcher:
         self._events = events
         self._snapshots = snapshots
         self._config = config
+        self._previews = IntermediatePreviews(store)  # Enfugue's intermediate previews (its status object)
         self._in_flight: dict[uuid.UUID, _InFlight] = {}
         self._wake = asyncio.Event()
 
@@ -180,6 +182,7 @@ class Dispatcher:
             entry = self._in_flight.get(job.id)
             if entry is not None and entry.job.attempt == job.attempt:
                 del self._in_flight[job.id]
+            self._previews.forget(job.id)
             self._wake.set()
 
     async def _consume(self, snapshot: Snapshot, events: AsyncGenerator[ExecutionEvent, None]) -> None:
@@ -214,6 +217,7 @@ class Dispatcher:
         """Store what the event reports, then tell clients; False when our attempt is no longer current."""
         if event.images and not await self._repo.add_images(job.id, job.attempt, event.images):
             return False
+        await self._previews.on_event(job.id, job.request, event)
         step, total = event.step, event.total
         reported = step is None or total is None or await self._repo.report_progress(job.id, job.attempt, step, total)
         if not reported:

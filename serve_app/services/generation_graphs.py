@@ -3,6 +3,10 @@
 One model loader (then one `lora_loader` per LoRA, chained, each with its weight) and one pair of prompt
 encodings feed a noise → denoise → decode branch per sample; a VAE override decodes through `vae_loader`.
 Sample i uses seed + i, so an image is the same whether made alone or among others.
+
+With an input `image` (stored by services/enfugue_images.py) the branch starts from its latents (`i2l`) at
+`denoising_start = 1 - strength` (img2img); a `mask` (white = keep) adds `create_denoise_mask` (inpaint). Strength 0
+changes nothing, so the input is saved as it is (Enfugue's pass-through), without a VAE round trip.
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ from serve_app.domain.generation import ENFUGUE_TO_INVOKEAI_SCHEDULER, Generatio
 from serve_app.domain.graph.graph import Graph
 from serve_app.domain.graph.invocations import SEED_MAX
 from serve_app.domain.models import ModelFamily, ModelSpec
+
+# Enfugue's default strengths (diffusion/plan.py): img2img 0.8; an inpaint repaints its area fully.
+IMG2IMG_STRENGTH = 0.8
+INPAINT_STRENGTH = 1.0
 
 # InvokeAI's default for graphs that name none; Enfugue's default is the model's own class, which a
 # graph cannot express, and Euler is what the demo and most SD checkpoints ship with.
@@ -42,7 +50,19 @@ def model_identifier(spec: ModelSpec) -> dict[str, Any]:
     return GraphModel(spec).identifier()
 
 
-def txt2img_graph(
+def generation_mode(request: GenerationRequest, sdxl: bool) -> str:
+    """InvokeAI's metadata `generation_mode` of a request."""
+    mode = "txt2img" if request.image is None else "inpaint" if request.mask is not None else "img2img"
+    return f"sdxl_{mode}" if sdxl else mode
+
+
+def strength_of(request: GenerationRequest) -> float:
+    if request.strength is not None:
+        return request.strength
+    return INPAINT_STRENGTH if request.mask is not None else IMG2IMG_STRENGTH
+
+
+def generation_graph(
     request: GenerationRequest,
     main: GraphModel | ModelSpec,
     *,
@@ -97,7 +117,7 @@ def txt2img_graph(
     metadata = node(
         "metadata",
         "core_metadata",
-        generation_mode="sdxl_txt2img" if sdxl else "txt2img",
+        generation_mode=generation_mode(request, sdxl),
         positive_prompt=request.prompt,
         negative_prompt=request.negative_prompt,
         width=request.width,
@@ -110,20 +130,49 @@ def txt2img_graph(
         loras=[{"model": lora.identifier(), "weight": lora.weight} for lora in loras],
         vae=vae.identifier() if vae is not None else None,
         embeddings=[embedding.identifier() for embedding in embeddings],
-        enfugue=request.to_json(),
+        # The UI state may be large (Enfugue's canvas); it is written once per image, in its own PNG chunk.
+        enfugue=request.model_dump(mode="json", exclude={"state"}),
+        **({} if request.image is None else {"strength": strength_of(request)}),
     )
+    strength = strength_of(request) if request.image is not None else 1.0
+    if request.image is not None and strength == 0:
+        for index in range(request.num_images):
+            node(f"output_{index}", "save_image", is_intermediate=False, image={"image_name": request.image})
+            edge(metadata, "metadata", f"output_{index}", "metadata")
+        return _validated(nodes, edges, request)
+    if request.image is not None:
+        node("input", "i2l", image={"image_name": request.image})
+        edge(decoder, "vae", "input", "vae")
+    if request.mask is not None:
+        node("mask", "create_denoise_mask", image={"image_name": request.image}, mask={"image_name": request.mask})
+        edge(decoder, "vae", "mask", "vae")
     for index in range(request.num_images):
         noise = node(f"noise_{index}", "noise", seed=(request.seed + index) % (SEED_MAX + 1),
                      width=request.width, height=request.height)  # fmt: skip
         denoise = node(f"denoise_{index}", "denoise_latents", steps=request.steps,
-                       cfg_scale=request.guidance_scale, scheduler=scheduler)  # fmt: skip
+                       cfg_scale=request.guidance_scale, scheduler=scheduler,
+                       denoising_start=1.0 - strength)  # fmt: skip
         output = node(f"output_{index}", "l2i", is_intermediate=False)
         edge(sources["unet"], "unet", denoise, "unet")
         edge("positive", "conditioning", denoise, "positive_conditioning")
         edge("negative", "conditioning", denoise, "negative_conditioning")
         edge(noise, "noise", denoise, "noise")
+        if request.image is not None:
+            edge("input", "latents", denoise, "latents")
+        if request.mask is not None:
+            edge("mask", "denoise_mask", denoise, "denoise_mask")
         edge(denoise, "latents", output, "latents")
         edge(decoder, "vae", output, "vae")
         edge(metadata, "metadata", output, "metadata")
+    return _validated(nodes, edges, request)
+
+
+def _validated(
+    nodes: dict[str, dict[str, Any]], edges: list[dict[str, Any]], request: GenerationRequest
+) -> dict[str, Any]:
     graph = {"id": f"enfugue:{request.seed}", "nodes": nodes, "edges": edges}
     return Graph.model_validate(graph).model_dump(mode="json")
+
+
+# The name this builder had while it made text-to-image graphs only.
+txt2img_graph = generation_graph

@@ -101,64 +101,75 @@ class ImageGateway(Protocol):
         """Validate, store and record an uploaded image (origin external)."""
         ...
 
-    async def get(self, name: str) -> ImageRecord:
+    # `owner` below: the caller when they may see only their own images (a non-admin with auth on), None for
+    # everyone's. Another owner's image is "not found" (404), never "forbidden".
+
+    async def get(self, name: str, *, owner: str | None = None) -> ImageRecord:
         """One image; raise ImageNotFound."""
         ...
 
-    async def list_images(self, query: ImageQuery, *, offset: int, limit: int) -> ImagePage:
+    async def list_images(self, query: ImageQuery, *, offset: int, limit: int, owner: str | None = None) -> ImagePage:
         """One page of matching images (limit 0: only the total)."""
         ...
 
-    async def names(self, query: ImageQuery) -> ImageNames:
+    async def names(self, query: ImageQuery, *, owner: str | None = None) -> ImageNames:
         """Every matching name in order, with counts."""
         ...
 
-    async def get_many(self, names: Sequence[str]) -> list[ImageRecord]:
+    async def get_many(self, names: Sequence[str], *, owner: str | None = None) -> list[ImageRecord]:
         """The named images in request order; unknown names skipped."""
         ...
 
-    async def update(self, name: str, changes: ImageChanges) -> ImageRecord:
+    async def update(self, name: str, changes: ImageChanges, *, owner: str | None = None) -> ImageRecord:
         """Apply changes; raise ImageNotFound."""
         ...
 
-    async def delete(self, names: Sequence[str]) -> ImagesChanged:
+    async def delete(self, names: Sequence[str], *, owner: str | None = None) -> ImagesChanged:
         """Delete images and their objects; unknown names are skipped."""
         ...
 
-    async def count_intermediates(self) -> int:
+    async def count_intermediates(self, *, owner: str | None = None) -> int:
         """How many intermediate images there are."""
         ...
 
-    async def delete_intermediates(self) -> int:
+    async def delete_intermediates(self, *, owner: str | None = None) -> int:
         """Delete every intermediate image and its objects; return how many."""
         ...
 
-    async def delete_uncategorized(self) -> ImagesChanged:
+    async def delete_uncategorized(self, *, owner: str | None = None) -> ImagesChanged:
         """Delete every image on no board, and their objects."""
         ...
 
-    async def star(self, names: Sequence[str], starred: bool) -> ImagesChanged:
+    async def star(self, names: Sequence[str], starred: bool, *, owner: str | None = None) -> ImagesChanged:
         """Star or unstar images."""
         ...
 
-    async def full(self, name: str) -> bytes:
+    async def full(self, name: str, *, owner: str | None = None) -> bytes:
         """The PNG bytes; raise ImageNotFound."""
         ...
 
-    async def thumbnail(self, name: str) -> bytes:
+    async def thumbnail(self, name: str, *, owner: str | None = None) -> bytes:
         """The WebP thumbnail bytes; raise ImageNotFound."""
         ...
 
-    async def metadata(self, name: str) -> dict[str, Any] | None:
+    async def metadata(self, name: str, *, owner: str | None = None) -> dict[str, Any] | None:
         """The stored metadata (None when there is none); raise ImageNotFound."""
         ...
 
-    async def workflow(self, name: str) -> ImageWorkflow:
+    async def workflow(self, name: str, *, owner: str | None = None) -> ImageWorkflow:
         """The workflow and graph from the PNG's chunks; raise ImageNotFound."""
         ...
 
-    async def start_download(self, image_names: Sequence[str] | None, board_id: str | None) -> str:
-        """Start building a zip in the background; return its item name (events report progress)."""
+    async def start_download(
+        self,
+        image_names: Sequence[str] | None,
+        board_id: str | None,
+        *,
+        owner: str | None = None,
+        requester: str | None = None,
+    ) -> str:
+        """Start building a zip in the background; return its item name (events report progress to `requester`
+        and admins; to everyone in the room when None)."""
         ...
 
     async def take_download(self, item_name: str) -> bytes:
@@ -237,71 +248,94 @@ class ImageService:
 
     # Records
 
-    async def get(self, name: str) -> ImageRecord:
-        return await self._repo.get(checked_name(name))
+    async def get(self, name: str, *, owner: str | None = None) -> ImageRecord:
+        record = await self._repo.get(checked_name(name))
+        if owner is not None and record.owner != owner:
+            raise ImageNotFound(f"No image {name!r}")
+        return record
 
-    async def list_images(self, query: ImageQuery, *, offset: int, limit: int) -> ImagePage:
+    async def list_images(self, query: ImageQuery, *, offset: int, limit: int, owner: str | None = None) -> ImagePage:
         if offset < 0 or limit < 0:
             raise InvalidRequest("offset and limit must not be negative")
-        return await self._repo.list_images(query, offset=offset, limit=limit)
+        return await self._repo.list_images(_owned(query, owner), offset=offset, limit=limit)
 
-    async def names(self, query: ImageQuery) -> ImageNames:
-        return await self._repo.names(query)
+    async def names(self, query: ImageQuery, *, owner: str | None = None) -> ImageNames:
+        return await self._repo.names(_owned(query, owner))
 
-    async def get_many(self, names: Sequence[str]) -> list[ImageRecord]:
-        return await self._repo.get_many([name for name in names if is_plain_name(name)])
+    async def get_many(self, names: Sequence[str], *, owner: str | None = None) -> list[ImageRecord]:
+        records = await self._repo.get_many([name for name in names if is_plain_name(name)])
+        return [record for record in records if owner is None or record.owner == owner]
 
-    async def update(self, name: str, changes: ImageChanges) -> ImageRecord:
+    async def update(self, name: str, changes: ImageChanges, *, owner: str | None = None) -> ImageRecord:
+        await self.get(name, owner=owner)  # an image's owner never changes: checking first is enough
         return await self._repo.update(checked_name(name), changes)
 
-    async def delete(self, names: Sequence[str]) -> ImagesChanged:
-        deleted = await self._repo.delete([name for name in names if is_plain_name(name)])
+    async def delete(self, names: Sequence[str], *, owner: str | None = None) -> ImagesChanged:
+        deleted = await self._repo.delete(await self._own_names(names, owner))
         await self._delete_objects(object_keys(deleted))
         return _changed(deleted)
 
-    async def count_intermediates(self) -> int:
-        return await self._repo.count_intermediates()
+    async def count_intermediates(self, *, owner: str | None = None) -> int:
+        return await self._repo.count_intermediates(owner)
 
-    async def delete_intermediates(self) -> int:
-        deleted = await self._repo.delete_intermediates()
+    async def delete_intermediates(self, *, owner: str | None = None) -> int:
+        deleted = await self._repo.delete_intermediates(owner)
         await self._delete_objects(object_keys(deleted))
         return len(deleted)
 
-    async def delete_uncategorized(self) -> ImagesChanged:
-        deleted = await self._repo.delete_uncategorized()
+    async def delete_uncategorized(self, *, owner: str | None = None) -> ImagesChanged:
+        deleted = await self._repo.delete_uncategorized(owner)
         await self._delete_objects(object_keys(deleted))
         return _changed(deleted)
 
-    async def star(self, names: Sequence[str], starred: bool) -> ImagesChanged:
-        return _changed(await self._repo.set_starred([name for name in names if is_plain_name(name)], starred))
+    async def star(self, names: Sequence[str], starred: bool, *, owner: str | None = None) -> ImagesChanged:
+        return _changed(await self._repo.set_starred(await self._own_names(names, owner), starred))
+
+    async def _own_names(self, names: Sequence[str], owner: str | None) -> list[str]:
+        """The plain names among `names`, only `owner`'s when set (others' are skipped like unknown ones)."""
+        plain = [name for name in names if is_plain_name(name)]
+        if owner is None:
+            return plain
+        return [record.name for record in await self.get_many(plain, owner=owner)]
 
     # Bytes
 
-    async def full(self, name: str) -> bytes:
-        record = await self.get(name)
+    async def full(self, name: str, *, owner: str | None = None) -> bytes:
+        record = await self.get(name, owner=owner)
         return await self._store.get(record.storage_key)
 
-    async def thumbnail(self, name: str) -> bytes:
-        record = await self.get(name)
+    async def thumbnail(self, name: str, *, owner: str | None = None) -> bytes:
+        record = await self.get(name, owner=owner)
         return await self._store.get(record.thumbnail_key)
 
-    async def metadata(self, name: str) -> dict[str, Any] | None:
-        record = await self.get(name)
+    async def metadata(self, name: str, *, owner: str | None = None) -> dict[str, Any] | None:
+        record = await self.get(name, owner=owner)
         return record.metadata or None
 
-    async def workflow(self, name: str) -> ImageWorkflow:
-        text = png_text(await self.full(name))
+    async def workflow(self, name: str, *, owner: str | None = None) -> ImageWorkflow:
+        text = png_text(await self.full(name, owner=owner))
         return ImageWorkflow(workflow=text.get(WORKFLOW_CHUNK), graph=text.get(GRAPH_CHUNK))
 
     # Bulk download
 
-    async def start_download(self, image_names: Sequence[str] | None, board_id: str | None) -> str:
-        """Start building a zip of the images (or of a board's images) in a background task."""
+    async def start_download(
+        self,
+        image_names: Sequence[str] | None,
+        board_id: str | None,
+        *,
+        owner: str | None = None,
+        requester: str | None = None,
+    ) -> str:
+        """Start building a zip of the images (or of a board's images) in a background task; with `owner`, of
+        their images only. Its events go to `requester` (default `owner`) and admins: the item name is all it
+        takes to fetch the zip, so no one else may hear it."""
         if not image_names and board_id is None:
             raise InvalidRequest("No images or board id specified.")
         item_id = str(uuid.uuid4())
         item_name = f"{item_id}.zip"
-        task = asyncio.create_task(self._build_download(item_id, item_name, list(image_names or []), board_id))
+        task = asyncio.create_task(
+            self._build_download(item_id, item_name, list(image_names or []), board_id, owner, requester or owner)
+        )
         self._downloads.add(task)
         task.add_done_callback(self._downloads.discard)
         return item_name
@@ -326,12 +360,21 @@ class ImageService:
             task.cancel()
         await self.wait_for_downloads()
 
-    async def _build_download(self, item_id: str, item_name: str, image_names: list[str], board_id: str | None) -> None:
-        await self._publish_download("bulk_download_started", item_id, item_name)
+    async def _build_download(
+        self,
+        item_id: str,
+        item_name: str,
+        image_names: list[str],
+        board_id: str | None,
+        owner: str | None,
+        requester: str | None,
+    ) -> None:
+        await self._publish_download("bulk_download_started", item_id, item_name, requester)
         try:
             if board_id is not None:
-                image_names = (await self._repo.names(ImageQuery(board_id=board_id, starred_first=False))).image_names
-            records = await self.get_many(image_names)
+                query = ImageQuery(board_id=board_id, starred_first=False, owner=owner)
+                image_names = (await self._repo.names(query)).image_names
+            records = await self.get_many(image_names, owner=owner)
             files = [(record.name, await self._store.get(record.storage_key)) for record in records]
             archive = await asyncio.to_thread(_zip, files)
             await self._store.put(DOWNLOADS_PREFIX + item_name, archive, "application/zip")
@@ -339,11 +382,13 @@ class ImageService:
             raise
         except Exception as exc:
             log.exception("bulk download %s failed", item_name)
-            await self._publish_download("bulk_download_error", item_id, item_name, error=str(exc))
+            await self._publish_download("bulk_download_error", item_id, item_name, requester, error=str(exc))
             return
-        await self._publish_download("bulk_download_complete", item_id, item_name)
+        await self._publish_download("bulk_download_complete", item_id, item_name, requester)
 
-    async def _publish_download(self, event: str, item_id: str, item_name: str, **extra: str) -> None:
+    async def _publish_download(
+        self, event: str, item_id: str, item_name: str, owner: str | None, **extra: str
+    ) -> None:
         if self._bus is None:
             return
         data: dict[str, Any] = {
@@ -354,7 +399,7 @@ class ImageService:
             **extra,
         }
         try:
-            await self._bus.publish(BusMessage(event=event, room=BULK_DOWNLOAD_ROOM, data=data))
+            await self._bus.publish(BusMessage(event=event, room=BULK_DOWNLOAD_ROOM, data=data, owner=owner))
         except Exception:
             # Events are a courtesy: the zip is still there for GET /download/{name}.
             log.exception("could not publish %s for %s", event, item_name)
@@ -366,6 +411,11 @@ class ImageService:
             await self._store.delete(keys)
         except Exception:
             log.exception("could not delete %d objects (now orphaned), e.g. %s", len(keys), keys[0])
+
+
+def _owned(query: ImageQuery, owner: str | None) -> ImageQuery:
+    """The query narrowed to `owner`'s images (None: as it was)."""
+    return query if owner is None else query.model_copy(update={"owner": owner})
 
 
 def _changed(records: Sequence[ImageRecord]) -> ImagesChanged:

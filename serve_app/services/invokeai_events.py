@@ -79,6 +79,7 @@ def queue_item_status_changed(job: Job, batch: BatchStatus, queue: QueueStatus) 
     return BusMessage(
         event="queue_item_status_changed",
         room=job.queue_id,
+        owner=job.owner,
         data={
             "timestamp": now_timestamp(),
             "queue_id": job.queue_id,
@@ -114,6 +115,7 @@ def invocation_event(
     return BusMessage(
         event=event,
         room=job.queue_id,
+        owner=job.owner,
         data={
             "timestamp": now_timestamp(),
             "queue_id": job.queue_id,

@@ -18,7 +18,7 @@ from serve_app.domain.ports import (
     PresetStore,
     SettingsReader,
 )
-from serve_app.services.generation_graphs import txt2img_graph
+from serve_app.services.generation_graphs import generation_graph
 from serve_app.services.model_resolution import ModelResolver
 from serve_app.services.session_queue import graph_request
 
@@ -96,7 +96,7 @@ class JobService:
         request = resolution.request
         self._limits.check(request)
         # The graph engine runs it, as it runs InvokeAI's graphs; the Enfugue parameters stay alongside.
-        graph = txt2img_graph(
+        graph = generation_graph(
             request, resolution.main, loras=resolution.loras, vae=resolution.vae, embeddings=resolution.embeddings
         )
         job_request = {**graph_request(graph), "enfugue": request.to_json()}

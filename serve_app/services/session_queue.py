@@ -84,7 +84,7 @@ class SessionQueueService:
                 requested=requested,
                 priority=priority,
                 origin=batch.origin,
-            )
+            ).model_copy(update={"owner": owner})
 
         # Announced in the insert's transaction: clients hear of the batch before any of its items starts.
         inserted = await self._jobs.enqueue(
@@ -99,36 +99,44 @@ class SessionQueueService:
             item_ids=sorted((job.item_id for job in inserted), reverse=True),
         )
 
-    async def get_item(self, queue_id: str, item_id: int) -> Job:
+    # Every method below takes `owner`: the caller's username when they may touch only their own items (a
+    # non-admin with auth on), None for everyone's. Another owner's item is "not found", never "forbidden":
+    # its existence is none of the caller's business.
+
+    async def get_item(self, queue_id: str, item_id: int, *, owner: str | None = None) -> Job:
         try:
             job = await self._queue.get_item(item_id)
         except JobNotFound:
             job = None
-        if job is None or job.queue_id != queue_id:
+        if job is None or job.queue_id != queue_id or not _visible(job, owner):
             raise JobNotFound(f"Queue item with id {item_id} not found in queue {queue_id}")
         return job
 
-    async def cancel_item(self, item_id: int) -> Job:
+    async def cancel_item(self, item_id: int, *, owner: str | None = None) -> Job:
         """Cancel one item (InvokeAI does not check its queue here); finished items come back unchanged."""
         job = await self._queue.get_item(item_id)
+        if not _visible(job, owner):
+            raise JobNotFound(f"Queue item with id {item_id} not found")
         return await self._jobs.cancel(job.id)
 
-    async def delete_item(self, item_id: int) -> None:
-        """Cancel (stopping it if it runs), then delete the row; unknown ids are fine."""
+    async def delete_item(self, item_id: int, *, owner: str | None = None) -> None:
+        """Cancel (stopping it if it runs), then delete the row; unknown (and others') ids are fine."""
         try:
-            await self.cancel_item(item_id)
+            await self.cancel_item(item_id, owner=owner)
         except JobNotFound:
             return
         await self._queue.delete_item(item_id)
 
-    async def list_all(self, queue_id: str, destination: str | None) -> list[Job]:
-        return await self._queue.list_all(queue_id, destination)
+    async def list_all(self, queue_id: str, destination: str | None, *, owner: str | None = None) -> list[Job]:
+        return await self._queue.list_all(queue_id, destination, owner=owner)
 
-    async def item_ids(self, queue_id: str, order_dir: Literal["ASC", "DESC"]) -> list[int]:
-        return await self._queue.item_ids(queue_id, order_dir)
+    async def item_ids(
+        self, queue_id: str, order_dir: Literal["ASC", "DESC"], *, owner: str | None = None
+    ) -> list[int]:
+        return await self._queue.item_ids(queue_id, order_dir, owner=owner)
 
-    async def items_by_ids(self, queue_id: str, item_ids: Sequence[int]) -> list[Job]:
-        return await self._queue.items_by_ids(queue_id, item_ids)
+    async def items_by_ids(self, queue_id: str, item_ids: Sequence[int], *, owner: str | None = None) -> list[Job]:
+        return await self._queue.items_by_ids(queue_id, item_ids, owner=owner)
 
     async def list_cursor(
         self,
@@ -139,54 +147,63 @@ class SessionQueueService:
         cursor: int | None,
         priority: int,
         destination: str | None,
+        owner: str | None = None,
     ) -> tuple[list[Job], bool]:
         return await self._queue.list_cursor(
-            queue_id, limit=limit, status=status, cursor=cursor, priority=priority, destination=destination
+            queue_id,
+            limit=limit,
+            status=status,
+            cursor=cursor,
+            priority=priority,
+            destination=destination,
+            owner=owner,
         )
 
-    async def current(self, queue_id: str) -> Job | None:
-        return await self._queue.current(queue_id)
+    async def current(self, queue_id: str, *, owner: str | None = None) -> Job | None:
+        return await self._queue.current(queue_id, owner=owner)
 
-    async def next(self, queue_id: str) -> Job | None:
-        return await self._queue.next(queue_id)
+    async def next(self, queue_id: str, *, owner: str | None = None) -> Job | None:
+        return await self._queue.next(queue_id, owner=owner)
 
-    async def status(self, queue_id: str) -> tuple[QueueStatus, ProcessorStatus]:
-        return await self._queue.status(queue_id), await self._queue.processor_status()
+    async def status(self, queue_id: str, *, owner: str | None = None) -> tuple[QueueStatus, ProcessorStatus]:
+        """The counts of the items the caller may see (a user's own, like every other view of theirs)."""
+        return await self._queue.status(queue_id, owner=owner), await self._queue.processor_status()
 
-    async def batch_status(self, queue_id: str, batch_id: str) -> BatchStatus:
-        return await self._queue.batch_status(queue_id, batch_id)
+    async def batch_status(self, queue_id: str, batch_id: str, *, owner: str | None = None) -> BatchStatus:
+        return await self._queue.batch_status(queue_id, batch_id, owner=owner)
 
-    async def counts_by_destination(self, queue_id: str, destination: str) -> StatusCounts:
-        return await self._queue.destination_counts(queue_id, destination)
+    async def counts_by_destination(self, queue_id: str, destination: str, *, owner: str | None = None) -> StatusCounts:
+        return await self._queue.destination_counts(queue_id, destination, owner=owner)
 
-    async def cancel_all_except_current(self, queue_id: str) -> int:
-        return await self._queue.cancel_pending(queue_id)
+    async def cancel_all_except_current(self, queue_id: str, *, owner: str | None = None) -> int:
+        return await self._queue.cancel_pending(queue_id, owner=owner)
 
-    async def delete_all_except_current(self, queue_id: str) -> int:
-        return await self._queue.delete_pending(queue_id)
+    async def delete_all_except_current(self, queue_id: str, *, owner: str | None = None) -> int:
+        return await self._queue.delete_pending(queue_id, owner=owner)
 
-    async def cancel_by_batch_ids(self, queue_id: str, batch_ids: Sequence[str]) -> int:
-        return await self._queue.cancel_where(queue_id, batch_ids=batch_ids)
+    async def cancel_by_batch_ids(self, queue_id: str, batch_ids: Sequence[str], *, owner: str | None = None) -> int:
+        return await self._queue.cancel_where(queue_id, batch_ids=batch_ids, owner=owner)
 
-    async def cancel_by_destination(self, queue_id: str, destination: str) -> int:
-        return await self._queue.cancel_where(queue_id, destination=destination)
+    async def cancel_by_destination(self, queue_id: str, destination: str, *, owner: str | None = None) -> int:
+        return await self._queue.cancel_where(queue_id, destination=destination, owner=owner)
 
-    async def retry_items(self, queue_id: str, item_ids: Sequence[int]) -> list[int]:
+    async def retry_items(self, queue_id: str, item_ids: Sequence[int], *, owner: str | None = None) -> list[int]:
         """Enqueue a fresh copy of each failed or canceled item; return the ids that were retried."""
-        originals = await self._queue.retry_candidates(queue_id, item_ids)
+        originals = await self._queue.retry_candidates(queue_id, item_ids, owner=owner)
         await self._jobs.enqueue([_retry_job(job) for job in originals])
         return [job.item_id for job in originals]
 
-    async def clear(self, queue_id: str) -> int:
-        deleted = await self._queue.delete_items(queue_id)
+    async def clear(self, queue_id: str, *, owner: str | None = None) -> int:
+        deleted = await self._queue.delete_items(queue_id, owner=owner)
+        # Clients refetch the queue on this event, so it is harmless (and needed) after a user's partial clear.
         await self._publish(invokeai_events.queue_cleared(queue_id))
         return deleted
 
-    async def prune(self, queue_id: str) -> int:
-        return await self._queue.prune(queue_id)
+    async def prune(self, queue_id: str, *, owner: str | None = None) -> int:
+        return await self._queue.prune(queue_id, owner=owner)
 
-    async def delete_by_destination(self, queue_id: str, destination: str) -> int:
-        return await self._queue.delete_items(queue_id, destination)
+    async def delete_by_destination(self, queue_id: str, destination: str, *, owner: str | None = None) -> int:
+        return await self._queue.delete_items(queue_id, destination, owner=owner)
 
     async def pause(self) -> ProcessorStatus:
         return await self._queue.set_paused(True)
@@ -197,6 +214,10 @@ class SessionQueueService:
     async def _publish(self, message: BusMessage) -> None:
         if self._events is not None:
             await self._events.publish(message)
+
+
+def _visible(job: Job, owner: str | None) -> bool:
+    return owner is None or job.owner == owner
 
 
 def _retry_job(original: Job) -> NewJob:

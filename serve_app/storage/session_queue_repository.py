@@ -50,7 +50,9 @@ Q = load(SessionQueueQueries, "sql/session_queue.sql")
 
 
 class PgSessionQueue:
-    """Queue-wide reads and bulk changes; every method is one transaction."""
+    """Queue-wide reads and bulk changes; every method is one transaction.
+
+    `owner` narrows a method to that user's items; None means everyone's (an admin, or auth off)."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -59,16 +61,18 @@ class PgSessionQueue:
         value: int = await self._pool.fetchval(Q.max_pending_priority, queue_id)
         return value
 
-    async def list_all(self, queue_id: str, destination: str | None = None) -> list[Job]:
-        return [job_from_row(row) for row in await self._pool.fetch(Q.list_all, queue_id, destination)]
+    async def list_all(self, queue_id: str, destination: str | None = None, *, owner: str | None = None) -> list[Job]:
+        return [job_from_row(row) for row in await self._pool.fetch(Q.list_all, queue_id, destination, owner)]
 
-    async def item_ids(self, queue_id: str, order_dir: Literal["ASC", "DESC"] = "DESC") -> list[int]:
+    async def item_ids(
+        self, queue_id: str, order_dir: Literal["ASC", "DESC"] = "DESC", *, owner: str | None = None
+    ) -> list[int]:
         query = Q.item_ids_asc if order_dir == "ASC" else Q.item_ids_desc
-        return [row["item_id"] for row in await self._pool.fetch(query, queue_id)]
+        return [row["item_id"] for row in await self._pool.fetch(query, queue_id, owner)]
 
-    async def items_by_ids(self, queue_id: str, item_ids: Sequence[int]) -> list[Job]:
-        """The items asked for, in the order asked, skipping missing ones."""
-        rows = await self._pool.fetch(Q.items_by_ids, queue_id, list(item_ids))
+    async def items_by_ids(self, queue_id: str, item_ids: Sequence[int], *, owner: str | None = None) -> list[Job]:
+        """The items asked for, in the order asked, skipping missing ones (and other owners')."""
+        rows = await self._pool.fetch(Q.items_by_ids, queue_id, list(item_ids), owner)
         by_id = {row["item_id"]: job_from_row(row) for row in rows}
         return [by_id[item_id] for item_id in item_ids if item_id in by_id]
 
@@ -81,9 +85,10 @@ class PgSessionQueue:
         cursor: int | None,
         priority: int,
         destination: str | None,
+        owner: str | None = None,
     ) -> tuple[list[Job], bool]:
         """One legacy cursor page and whether more follow."""
-        rows = await self._pool.fetch(Q.list_cursor, queue_id, limit + 1, status, cursor, priority, destination)
+        rows = await self._pool.fetch(Q.list_cursor, queue_id, limit + 1, status, cursor, priority, destination, owner)
         jobs = [job_from_row(row) for row in rows]
         return jobs[:limit], len(jobs) > limit
 
@@ -94,23 +99,23 @@ class PgSessionQueue:
             raise JobNotFound(f"Queue item with id {item_id} not found")
         return job_from_row(row)
 
-    async def current(self, queue_id: str) -> Job | None:
-        row = await self._pool.fetchrow(Q.current_item, queue_id)
+    async def current(self, queue_id: str, *, owner: str | None = None) -> Job | None:
+        row = await self._pool.fetchrow(Q.current_item, queue_id, owner)
         return None if row is None else job_from_row(row)
 
-    async def next(self, queue_id: str) -> Job | None:
-        row = await self._pool.fetchrow(Q.next_item, queue_id)
+    async def next(self, queue_id: str, *, owner: str | None = None) -> Job | None:
+        row = await self._pool.fetchrow(Q.next_item, queue_id, owner)
         return None if row is None else job_from_row(row)
 
-    async def status(self, queue_id: str) -> QueueStatus:
+    async def status(self, queue_id: str, *, owner: str | None = None) -> QueueStatus:
         async with self._pool.acquire() as connection, connection.transaction(isolation="repeatable_read"):
             # One snapshot, so the current item and the counts agree.
-            current = await connection.fetchrow(Q.current_item, queue_id)
-            counts = StatusCounts.from_rows(await connection.fetch(Q.status_counts, queue_id))
+            current = await connection.fetchrow(Q.current_item, queue_id, owner)
+            counts = StatusCounts.from_rows(await connection.fetch(Q.status_counts, queue_id, owner))
         return QueueStatus(queue_id=queue_id, current=None if current is None else job_from_row(current), counts=counts)
 
-    async def batch_status(self, queue_id: str, batch_id: str) -> BatchStatus:
-        rows = await self._pool.fetch(Q.batch_counts, queue_id, batch_id)
+    async def batch_status(self, queue_id: str, batch_id: str, *, owner: str | None = None) -> BatchStatus:
+        rows = await self._pool.fetch(Q.batch_counts, queue_id, batch_id, owner)
         return BatchStatus(
             queue_id=queue_id,
             batch_id=batch_id,
@@ -119,43 +124,49 @@ class PgSessionQueue:
             counts=StatusCounts.from_rows(rows),
         )
 
-    async def destination_counts(self, queue_id: str, destination: str) -> StatusCounts:
-        return StatusCounts.from_rows(await self._pool.fetch(Q.destination_counts, queue_id, destination))
+    async def destination_counts(self, queue_id: str, destination: str, *, owner: str | None = None) -> StatusCounts:
+        return StatusCounts.from_rows(await self._pool.fetch(Q.destination_counts, queue_id, destination, owner))
 
-    async def cancel_pending(self, queue_id: str) -> int:
-        count: int = await self._pool.fetchval(Q.cancel_pending, queue_id)
+    async def cancel_pending(self, queue_id: str, *, owner: str | None = None) -> int:
+        count: int = await self._pool.fetchval(Q.cancel_pending, queue_id, owner)
         return count
 
-    async def delete_pending(self, queue_id: str) -> int:
-        count: int = await self._pool.fetchval(Q.delete_pending, queue_id)
+    async def delete_pending(self, queue_id: str, *, owner: str | None = None) -> int:
+        count: int = await self._pool.fetchval(Q.delete_pending, queue_id, owner)
         return count
 
     async def cancel_where(
-        self, queue_id: str, *, batch_ids: Sequence[str] | None = None, destination: str | None = None
+        self,
+        queue_id: str,
+        *,
+        batch_ids: Sequence[str] | None = None,
+        destination: str | None = None,
+        owner: str | None = None,
     ) -> int:
         """Cancel the unfinished items of those batches / that destination; count the pending ones."""
         count: int = await self._pool.fetchval(
-            Q.cancel_where, queue_id, None if batch_ids is None else list(batch_ids), destination
+            Q.cancel_where, queue_id, None if batch_ids is None else list(batch_ids), destination, owner
         )
         return count
 
-    async def delete_items(self, queue_id: str, destination: str | None = None) -> int:
+    async def delete_items(self, queue_id: str, destination: str | None = None, *, owner: str | None = None) -> int:
         """Cancel what runs (so its replica stops), then delete every item (of that destination); count them."""
         async with self._pool.acquire() as connection, connection.transaction():
-            await connection.execute(Q.cancel_running, queue_id, destination)
-            count: int = await connection.fetchval(Q.delete_items, queue_id, destination)
+            await connection.execute(Q.cancel_running, queue_id, destination, owner)
+            count: int = await connection.fetchval(Q.delete_items, queue_id, destination, owner)
         return count
 
-    async def prune(self, queue_id: str) -> int:
-        count: int = await self._pool.fetchval(Q.prune, queue_id)
+    async def prune(self, queue_id: str, *, owner: str | None = None) -> int:
+        count: int = await self._pool.fetchval(Q.prune, queue_id, owner)
         return count
 
     async def delete_item(self, item_id: int) -> None:
         await self._pool.execute(Q.delete_item, item_id)
 
-    async def retry_candidates(self, queue_id: str, item_ids: Sequence[int]) -> list[Job]:
+    async def retry_candidates(self, queue_id: str, item_ids: Sequence[int], *, owner: str | None = None) -> list[Job]:
         """The failed or canceled items among `item_ids`, in the order asked."""
-        return [job_from_row(row) for row in await self._pool.fetch(Q.retry_candidates, queue_id, list(item_ids))]
+        rows = await self._pool.fetch(Q.retry_candidates, queue_id, list(item_ids), owner)
+        return [job_from_row(row) for row in rows]
 
     async def set_paused(self, paused: bool) -> ProcessorStatus:
         async with self._pool.acquire() as connection, connection.transaction():

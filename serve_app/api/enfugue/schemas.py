@@ -13,13 +13,20 @@ from serve_app.domain.errors import InvalidRequest
 from serve_app.domain.generation import GenerationRequest
 from serve_app.domain.jobs import Job, JobStatus
 from serve_app.domain.presets import ModelPreset, WeightedModel
+from serve_app.services.enfugue_images import ImageInputs
 from serve_app.services.presets import MODEL_DEFAULT_FIELDS
 
 # Parameters Enfugue accepts that this server does not run yet. Ignoring them silently would
 # return a plain txt2img image for an img2img request, so they are refused with 501 instead.
 UNSUPPORTED_KEYS = (
-    "image", "mask", "control_image", "nodes", "upscale", "refiner", "inpainter", "controlnet", "remove_background",
+    "control_image", "controlnet", "nodes", "upscale", "upscale_diffusion", "refiner", "inpainter",
+    "remove_background", "fill_background",
 )  # fmt: skip
+
+Anchor = Literal[
+    "top-left", "top-center", "top-right", "center-left", "center-center", "center-right",
+    "bottom-left", "bottom-center", "bottom-right",
+]  # fmt: skip
 
 CANCELED_MESSAGE = "The invocation was canceled."
 
@@ -54,6 +61,18 @@ class InvokeBody(BaseModel):
     model_negative_prompt: str | None = None
     intermediates: bool | None = None
     state: Any = None
+    # Single-step image to image and inpaint (enfugue-api.md §5.2): data URLs, checked and stored at submit.
+    image: str | None = None
+    mask: str | None = None
+    strength: float | None = Field(default=None, ge=0, le=1)
+    invert_mask: bool = False
+    fit: Literal["actual", "stretch", "cover", "contain"] | None = None
+    anchor: Anchor | None = None
+
+    def image_inputs(self) -> ImageInputs:
+        """The inline images and how to fit them (decoded by services.enfugue_images)."""
+        return ImageInputs(image=self.image or None, mask=self.mask or None, fit=self.fit, anchor=self.anchor,
+                           invert_mask=self.invert_mask)  # fmt: skip
 
     def to_domain(self) -> GenerationRequest:
         """The domain request; InvalidRequest (with Enfugue's messages) for a badly shaped model list."""
@@ -75,6 +94,9 @@ class InvokeBody(BaseModel):
             "lycoris": weighted_models("lycoris", self.lycoris),
             "inversion": model_names("inversion", self.inversion),
             "vae": self.vae or None,
+            "strength": self.strength,
+            "state": self.state,
+            "intermediates": self.intermediates,
         }
         # Left out unless given, so that a preset's defaults apply (see GenerationRequest.steps).
         for field, value in (("seed", self.seed), ("steps", self.num_inference_steps),
@@ -219,8 +241,9 @@ def image_entries(job: Job) -> list[str]:
     return [f"images/{name}" for name in job.image_names]
 
 
-def invocation_status(job: Job, *, now: datetime | None = None) -> dict[str, Any]:
-    """The status object of enfugue-api.md §7.1, with exactly its fields per state."""
+def invocation_status(job: Job, *, now: datetime | None = None, intermediates: Sequence[str] = ()) -> dict[str, Any]:
+    """The status object of enfugue-api.md §7.1, with exactly its fields per state. While processing, `images`
+    lists the `intermediates` entries (previews) if there are any, as Enfugue's does (§7.2)."""
     uid = job.id.hex
     if job.status is JobStatus.PENDING:
         return {"status": "queued", "uuid": uid}
@@ -243,7 +266,7 @@ def invocation_status(job: Job, *, now: datetime | None = None) -> dict[str, Any
         "step": step,
         "total": total,
         "duration": duration,
-        "images": image_entries(job) if completed else None,
+        "images": image_entries(job) if completed else (list(intermediates) or None),
         "rate": (step / duration) if step and duration > 0 else None,
         "task": None,
     }

@@ -1,4 +1,8 @@
-"""InvokeAI's `/api/v1/images` routes (reference §2.4): upload, gallery queries, bytes, stars, deletes, downloads."""
+"""InvokeAI's `/api/v1/images` routes (reference §2.4): upload, gallery queries, bytes, stars, deletes, downloads.
+
+With auth on, a non-admin sees and changes only their own images (`ScopeDep`): others' are 404 or skipped, as
+unknown names are. Admins see everyone's; with auth off every request is an admin.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Form, Query, Response, UploadFile
 
-from serve_app.api.deps import ImagesDep, OwnerDep
+from serve_app.api.deps import ContextDep, ImagesDep, OwnerDep, ScopeDep
 from serve_app.api.errors import HttpError
 from serve_app.api.invokeai.schemas_images import (
     DeleteImagesResult,
@@ -70,6 +74,8 @@ def _query(
 async def upload_image(
     images: ImagesDep,
     owner: OwnerDep,
+    scope: ScopeDep,
+    context: ContextDep,
     response: Response,
     file: UploadFile,
     image_category: Annotated[ImageCategory, Query(description="The category of the image")],
@@ -80,6 +86,9 @@ async def upload_image(
     resize_to: Annotated[str | None, Form(description='JSON {"width": W, "height": H}')] = None,
     metadata: Annotated[str | None, Form(description="The metadata to associate with the image, a JSON dict")] = None,
 ) -> ImageDTO:
+    if board_id is not None and scope is not None and context.boards is not None:
+        # Onto one's own boards only; another user's board does not exist for them.
+        await _or_404(context.boards.get(board_id, owner=scope))
     upload = ImageUpload(
         data=await file.read(),
         content_type=file.content_type,
@@ -104,6 +113,7 @@ async def create_image_upload_entry() -> None:
 @router.get("/", operation_id="list_image_dtos", response_model=OffsetPaginatedResults[ImageDTO])
 async def list_image_dtos(
     images: ImagesDep,
+    scope: ScopeDep,
     image_origin: ResourceOrigin | None = None,
     categories: Annotated[list[ImageCategory] | None, Query()] = None,
     is_intermediate: bool | None = None,
@@ -115,7 +125,7 @@ async def list_image_dtos(
     search_term: str | None = None,
 ) -> OffsetPaginatedResults[ImageDTO]:
     query = _query(image_origin, categories, is_intermediate, board_id, order_dir, starred_first, search_term)
-    page = await images.list_images(query, offset=offset, limit=limit)
+    page = await images.list_images(query, offset=offset, limit=limit, owner=scope)
     return OffsetPaginatedResults[ImageDTO](
         limit=limit, offset=offset, total=page.total, items=[ImageDTO.of(record) for record in page.items]
     )
@@ -124,6 +134,7 @@ async def list_image_dtos(
 @router.get("/names", operation_id="get_image_names", response_model=ImageNamesResult)
 async def get_image_names(
     images: ImagesDep,
+    scope: ScopeDep,
     image_origin: ResourceOrigin | None = None,
     categories: Annotated[list[ImageCategory] | None, Query()] = None,
     is_intermediate: bool | None = None,
@@ -133,52 +144,54 @@ async def get_image_names(
     search_term: str | None = None,
 ) -> ImageNamesResult:
     query = _query(image_origin, categories, is_intermediate, board_id, order_dir, starred_first, search_term)
-    names = await images.names(query)
+    names = await images.names(query, owner=scope)
     return ImageNamesResult(
         image_names=names.image_names, starred_count=names.starred_count, total_count=names.total_count
     )
 
 
 @router.post("/images_by_names", operation_id="get_images_by_names", response_model=list[ImageDTO])
-async def get_images_by_names(images: ImagesDep, body: ImageNamesBody) -> list[ImageDTO]:
-    return [ImageDTO.of(record) for record in await images.get_many(body.image_names)]
+async def get_images_by_names(images: ImagesDep, scope: ScopeDep, body: ImageNamesBody) -> list[ImageDTO]:
+    return [ImageDTO.of(record) for record in await images.get_many(body.image_names, owner=scope)]
 
 
 @router.get("/intermediates", operation_id="get_intermediates_count", response_model=int)
-async def get_intermediates_count(images: ImagesDep) -> int:
-    return await images.count_intermediates()
+async def get_intermediates_count(images: ImagesDep, scope: ScopeDep) -> int:
+    return await images.count_intermediates(owner=scope)
 
 
 @router.delete("/intermediates", operation_id="clear_intermediates", response_model=int)
-async def clear_intermediates(images: ImagesDep) -> int:
-    return await images.delete_intermediates()
+async def clear_intermediates(images: ImagesDep, scope: ScopeDep) -> int:
+    return await images.delete_intermediates(owner=scope)
 
 
 @router.delete("/uncategorized", operation_id="delete_uncategorized_images", response_model=DeleteImagesResult)
-async def delete_uncategorized_images(images: ImagesDep) -> DeleteImagesResult:
-    return DeleteImagesResult.of(await images.delete_uncategorized())
+async def delete_uncategorized_images(images: ImagesDep, scope: ScopeDep) -> DeleteImagesResult:
+    return DeleteImagesResult.of(await images.delete_uncategorized(owner=scope))
 
 
 @router.post("/delete", operation_id="delete_images_from_list", response_model=DeleteImagesResult)
-async def delete_images_from_list(images: ImagesDep, body: ImageNamesBody) -> DeleteImagesResult:
-    return DeleteImagesResult.of(await images.delete(body.image_names))
+async def delete_images_from_list(images: ImagesDep, scope: ScopeDep, body: ImageNamesBody) -> DeleteImagesResult:
+    return DeleteImagesResult.of(await images.delete(body.image_names, owner=scope))
 
 
 @router.post("/star", operation_id="star_images_in_list", response_model=StarredImagesResult)
-async def star_images_in_list(images: ImagesDep, body: ImageNamesBody) -> StarredImagesResult:
-    changed = await images.star(body.image_names, True)
+async def star_images_in_list(images: ImagesDep, scope: ScopeDep, body: ImageNamesBody) -> StarredImagesResult:
+    changed = await images.star(body.image_names, True, owner=scope)
     return StarredImagesResult(affected_boards=changed.affected_boards, starred_images=changed.images)
 
 
 @router.post("/unstar", operation_id="unstar_images_in_list", response_model=UnstarredImagesResult)
-async def unstar_images_in_list(images: ImagesDep, body: ImageNamesBody) -> UnstarredImagesResult:
-    changed = await images.star(body.image_names, False)
+async def unstar_images_in_list(images: ImagesDep, scope: ScopeDep, body: ImageNamesBody) -> UnstarredImagesResult:
+    changed = await images.star(body.image_names, False, owner=scope)
     return UnstarredImagesResult(affected_boards=changed.affected_boards, unstarred_images=changed.images)
 
 
 @router.post("/download", operation_id="download_images_from_list", status_code=202, response_model=ImagesDownloaded)
-async def download_images_from_list(images: ImagesDep, body: DownloadBody) -> ImagesDownloaded:
-    item_name = await images.start_download(body.image_names, body.board_id)
+async def download_images_from_list(
+    images: ImagesDep, scope: ScopeDep, requester: OwnerDep, body: DownloadBody
+) -> ImagesDownloaded:
+    item_name = await images.start_download(body.image_names, body.board_id, owner=scope, requester=requester)
     return ImagesDownloaded(response=None, bulk_download_item_name=item_name)
 
 
@@ -198,12 +211,14 @@ async def get_bulk_download_item(images: ImagesDep, bulk_download_item_name: str
 
 
 @router.get("/i/{image_name}", operation_id="get_image_dto", response_model=ImageDTO)
-async def get_image_dto(images: ImagesDep, image_name: str) -> ImageDTO:
-    return ImageDTO.of(await _or_404(images.get(image_name)))
+async def get_image_dto(images: ImagesDep, scope: ScopeDep, image_name: str) -> ImageDTO:
+    return ImageDTO.of(await _or_404(images.get(image_name, owner=scope)))
 
 
 @router.patch("/i/{image_name}", operation_id="update_image", response_model=ImageDTO)
-async def update_image(images: ImagesDep, image_name: str, image_changes: ImageRecordChanges) -> ImageDTO:
+async def update_image(
+    images: ImagesDep, scope: ScopeDep, image_name: str, image_changes: ImageRecordChanges
+) -> ImageDTO:
     changes = ImageChanges(
         image_category=image_changes.image_category,
         session_id=image_changes.session_id,
@@ -211,24 +226,24 @@ async def update_image(images: ImagesDep, image_name: str, image_changes: ImageR
         starred=image_changes.starred,
     )
     try:
-        return ImageDTO.of(await images.update(image_name, changes))
+        return ImageDTO.of(await images.update(image_name, changes, owner=scope))
     except NotFound:
         raise HttpError(400, "Failed to update image") from None
 
 
 @router.delete("/i/{image_name}", operation_id="delete_image", response_model=DeleteImagesResult)
-async def delete_image(images: ImagesDep, image_name: str) -> DeleteImagesResult:
-    return DeleteImagesResult.of(await images.delete([image_name]))
+async def delete_image(images: ImagesDep, scope: ScopeDep, image_name: str) -> DeleteImagesResult:
+    return DeleteImagesResult.of(await images.delete([image_name], owner=scope))
 
 
 @router.get("/i/{image_name}/metadata", operation_id="get_image_metadata", response_model=dict[str, Any] | None)
-async def get_image_metadata(images: ImagesDep, image_name: str) -> dict[str, Any] | None:
-    return await _or_404(images.metadata(image_name))
+async def get_image_metadata(images: ImagesDep, scope: ScopeDep, image_name: str) -> dict[str, Any] | None:
+    return await _or_404(images.metadata(image_name, owner=scope))
 
 
 @router.get("/i/{image_name}/workflow", operation_id="get_image_workflow", response_model=ImageWorkflowDTO)
-async def get_image_workflow(images: ImagesDep, image_name: str) -> ImageWorkflowDTO:
-    found = await _or_404(images.workflow(image_name))
+async def get_image_workflow(images: ImagesDep, scope: ScopeDep, image_name: str) -> ImageWorkflowDTO:
+    found = await _or_404(images.workflow(image_name, owner=scope))
     return ImageWorkflowDTO(workflow=found.workflow, graph=found.graph)
 
 
@@ -240,16 +255,16 @@ _PNG_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png"
 
 
 @router.get("/i/{image_name}/full", operation_id="get_image_full", response_class=Response, responses=_PNG_RESPONSES)
-async def get_image_full(images: ImagesDep, image_name: str) -> Response:
-    data = await _or_404(images.full(image_name))
+async def get_image_full(images: ImagesDep, scope: ScopeDep, image_name: str) -> Response:
+    data = await _or_404(images.full(image_name, owner=scope))
     return Response(data, media_type="image/png", headers=_image_headers(image_name))
 
 
 @router.head(
     "/i/{image_name}/full", operation_id="get_image_full_head", response_class=Response, responses=_PNG_RESPONSES
 )
-async def get_image_full_head(images: ImagesDep, image_name: str) -> Response:
-    await _or_404(images.get(image_name))
+async def get_image_full_head(images: ImagesDep, scope: ScopeDep, image_name: str) -> Response:
+    await _or_404(images.get(image_name, owner=scope))
     return Response(media_type="image/png", headers=_image_headers(image_name))
 
 
@@ -259,15 +274,15 @@ async def get_image_full_head(images: ImagesDep, image_name: str) -> Response:
     response_class=Response,
     responses={200: {"content": {"image/webp": {}}}, 404: {}},
 )
-async def get_image_thumbnail(images: ImagesDep, image_name: str) -> Response:
-    data = await _or_404(images.thumbnail(image_name))
+async def get_image_thumbnail(images: ImagesDep, scope: ScopeDep, image_name: str) -> Response:
+    data = await _or_404(images.thumbnail(image_name, owner=scope))
     stem = image_name.rsplit(".", 1)[0]
     return Response(data, media_type="image/webp", headers=_image_headers(f"{stem}.webp"))
 
 
 @router.get("/i/{image_name}/urls", operation_id="get_image_urls", response_model=ImageUrlsDTO)
-async def get_image_urls(images: ImagesDep, image_name: str) -> ImageUrlsDTO:
-    record = await _or_404(images.get(image_name))
+async def get_image_urls(images: ImagesDep, scope: ScopeDep, image_name: str) -> ImageUrlsDTO:
+    record = await _or_404(images.get(image_name, owner=scope))
     return ImageUrlsDTO(
         image_name=record.name, image_url=image_url(record.name), thumbnail_url=thumbnail_url(record.name)
     )

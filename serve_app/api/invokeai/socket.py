@@ -10,6 +10,14 @@ lifespan so the hub starts after the app's own startup and stops before its shut
 run ASGI lifespan events (e.g. `httpx.ASGITransport`) never start it; `SocketHub.start`/`stop` can then be
 called directly.
 
+Accounts (InvokeAI 6.12's multi-user mode): every connection has an identity. With auth on, the connect handler
+takes a token from `auth={"token": ...}`, an `Authorization: Bearer` (or `X-API-Key`) header or the
+`enfugue_token` cookie and refuses the connection without a valid one; with auth off everyone is the built-in
+admin. A message with an `owner` (queue item and bulk download events) reaches only that user and admins: each
+subscription also joins a per-user (or the admins') twin of the room, and owned messages go to those twins. Model
+and download events stay broadcasts to every (authenticated) client: they describe the shared model registry,
+which every user may list anyway.
+
 Mind the transports behind several replicas: a WebSocket stays on the replica it reached, but Engine.IO
 long-polling (the default first transport of socket.io clients) sends each poll as a new HTTP request, which
 must reach the same replica (sticky routing), or the client gets "Invalid session" and reconnects.
@@ -20,12 +28,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING, Any
 
 import socketio
 from fastapi import FastAPI
 
+from serve_app.api.auth import TOKEN_COOKIE
+from serve_app.domain.accounts import Identity
 from serve_app.domain.ports import BusMessage, EventSource, JobChange
 
 if TYPE_CHECKING:
@@ -38,14 +49,65 @@ MOUNT_PATH = "/ws"
 SOCKETIO_PATH = "/ws/socket.io"
 # Events waiting to be emitted; beyond this the hub is hopelessly behind and drops new ones (and says so).
 MAX_PENDING = 10_000
+# Rooms no client names itself: `…#admins` and `…#user:<name>` twins of a room (and of everything, for owned
+# messages without a room).
+ADMINS = "#admins"
+USER = "#user:"
+
+# Who a connection is, from the WSGI-style environ and the `auth` payload of its connect; None refuses it.
+Authenticate = Callable[[Mapping[str, Any], Any], Awaitable[Identity | None]]
+
+
+def _twin(room: str | None, identity: Identity) -> str:
+    """The room a connection joins beside `room` so that messages owned by someone reach it only if it may see them."""
+    return f"{room or ''}{ADMINS if identity.admin else USER + identity.username}"
+
+
+def recipients(message: BusMessage) -> str | list[str] | None:
+    """The `to` of `sio.emit` for a message: its room (None: everyone), or for an owned one the room's twins of
+    the owner and the admins."""
+    if message.owner is None:
+        return message.room
+    room = message.room or ""
+    return [f"{room}{ADMINS}", f"{room}{USER}{message.owner}"]
+
+
+def socket_token(environ: Mapping[str, Any], auth: Any) -> str | None:
+    """The credential of a connect: `auth={"token": ...}`, then the bearer and API key headers, then the cookie."""
+    if isinstance(auth, dict):
+        token = auth.get("token")
+        if isinstance(token, str) and token.strip():
+            return token.strip()
+    scheme, _, value = str(environ.get("HTTP_AUTHORIZATION", "")).partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    key = str(environ.get("HTTP_X_API_KEY", "")).strip()
+    if key:
+        return key
+    cookies: SimpleCookie = SimpleCookie()
+    try:
+        cookies.load(str(environ.get("HTTP_COOKIE", "")))
+    except CookieError:
+        return None
+    morsel = cookies.get(TOKEN_COOKIE)
+    return morsel.value or None if morsel is not None else None
 
 
 class SocketHub:
     """The python-socketio server plus the one task that emits bus events to it."""
 
-    def __init__(self, *, status_events: StatusEvents | None = None, max_pending: int = MAX_PENDING) -> None:
+    def __init__(
+        self,
+        *,
+        status_events: StatusEvents | None = None,
+        authenticate: Authenticate | None = None,
+        max_pending: int = MAX_PENDING,
+    ) -> None:
         self.sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins="*")
         self._status_events = status_events
+        # Without an authenticator every connection is an admin (auth off).
+        self._authenticate = authenticate
+        self._identities: dict[str, Identity] = {}
         self._pending: asyncio.Queue[JobChange | BusMessage] = asyncio.Queue(maxsize=max_pending)
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
@@ -92,7 +154,7 @@ class SocketHub:
             item = await self._pending.get()
             try:
                 for message in await self._messages_for(item):
-                    await self.sio.emit(message.event, message.data, to=message.room)
+                    await self.sio.emit(message.event, message.data, to=recipients(message))
                     self.emitted += 1
             except Exception:
                 # One bad event (or a failing hook) must not silence the socket for everyone.
@@ -106,10 +168,27 @@ class SocketHub:
         return await self._status_events(item)
 
     def _register_handlers(self) -> None:
+        self.sio.on("connect", self._connect)
+        self.sio.on("disconnect", self._disconnect)
         self.sio.on("subscribe_queue", self._room_handler("queue_id", join=True))
         self.sio.on("unsubscribe_queue", self._room_handler("queue_id", join=False))
         self.sio.on("subscribe_bulk_download", self._room_handler("bulk_download_id", join=True))
         self.sio.on("unsubscribe_bulk_download", self._room_handler("bulk_download_id", join=False))
+
+    async def _connect(self, sid: str, environ: Mapping[str, Any], auth: Any = None) -> None:
+        if self._authenticate is None:
+            identity = Identity(username="admin", admin=True)
+        else:
+            found = await self._authenticate(environ, auth)
+            if found is None:
+                # The client's connect_error handler receives this message.
+                raise socketio.exceptions.ConnectionRefusedError("Invalid or no credentials supplied.")
+            identity = found
+        self._identities[sid] = identity
+        await self.sio.enter_room(sid, _twin(None, identity))
+
+    async def _disconnect(self, sid: str, *_: Any) -> None:
+        self._identities.pop(sid, None)
 
     def _room_handler(self, field: str, *, join: bool) -> Callable[[str, Any], Any]:
         async def handle(sid: str, data: Any = None) -> None:
@@ -117,17 +196,20 @@ class SocketHub:
             if not isinstance(room, str):
                 logger.debug("socket %s: ignoring a subscription without a string %r: %r", sid, field, data)
                 return
-            if join:
-                await self.sio.enter_room(sid, room)
-            else:
-                await self.sio.leave_room(sid, room)
+            identity = self._identities.get(sid)
+            rooms = [room] if identity is None else [room, _twin(room, identity)]
+            for name in rooms:
+                if join:
+                    await self.sio.enter_room(sid, name)
+                else:
+                    await self.sio.leave_room(sid, name)
 
         return handle
 
 
 def install_socket(app: FastAPI, context: ApiContext) -> SocketHub:
     """Mount a hub at `/ws/socket.io` and run it for the app's lifespan (when `context.events` is set)."""
-    hub = SocketHub(status_events=context.status_events)
+    hub = SocketHub(status_events=context.status_events, authenticate=_authenticator(context))
     app.mount(MOUNT_PATH, hub.asgi_app())
     app.state.socket_hub = hub
     source = context.events
@@ -146,3 +228,17 @@ def install_socket(app: FastAPI, context: ApiContext) -> SocketHub:
 
     app.router.lifespan_context = lifespan
     return hub
+
+
+def _authenticator(context: ApiContext) -> Authenticate:
+    """Who a Socket.IO connection is, by the same rules as an HTTP request (api/auth.py)."""
+
+    async def authenticate(environ: Mapping[str, Any], auth: Any) -> Identity | None:
+        if not context.auth_enabled:
+            return Identity(username=context.default_owner, admin=True)
+        token = socket_token(environ, auth)
+        if context.accounts is None or token is None:
+            return None
+        return await context.accounts.authenticate(token)
+
+    return authenticate
