@@ -105,6 +105,7 @@ async def test_unknown_or_malformed_invocation_is_404(idle_client):
 async def test_image_routes_refuse_foreign_or_missing_names(idle_client, name):
     assert_enfugue_error(await idle_client.get(f"/api/invocation/images/{name}"), 404, "NotFoundError")
     assert_enfugue_error(await idle_client.get(f"/api/invocation/thumbnails/{name}"), 404, "NotFoundError")
+    assert_enfugue_error(await idle_client.get(f"/api/invocation/intermediates/{name}"), 404, "NotFoundError")
 
 
 async def test_cancel_pending_is_immediate_and_final(idle_client, repo):
