@@ -43,6 +43,31 @@ ENFUGUE_TO_INVOKEAI_SCHEDULER: dict[str, str] = {
 }  # fmt: skip
 
 
+# Enfugue's post-processing upscale (enfugue-api.md §5.2). The PIL filters run here; the model-based ones
+# (ESRGAN, GFPGAN) need a spandrel model, which this server cannot run yet, so they are refused at submit.
+PIL_UPSCALE_METHODS = ("lanczos", "bilinear", "bicubic", "nearest")
+MODEL_UPSCALE_METHODS = ("esrgan", "esrganime", "gfpgan")
+UpscaleMethod = Literal["lanczos", "bilinear", "bicubic", "nearest"]
+DEFAULT_UPSCALE_DIFFUSION_PROMPT = "highly detailed, ultra-detailed, intricate detail, high definition, HD, 4k, 8k UHD"
+
+
+class UpscalePass(BaseModel):
+    """One pass: resize to `scale` times the generated size with `method`, then (when `steps` is set) img2img at
+    `strength`. `scale` counts from the generated image (the size is resolved at submit, after the dialect)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    scale: int = Field(ge=1)
+    method: UpscaleMethod
+    steps: int | None = None
+    guidance_scale: float = 12.0
+    strength: float = 0.2
+    prompt: str = DEFAULT_UPSCALE_DIFFUSION_PROMPT
+    prompt_2: str | None = None
+    negative_prompt: str = ""
+    negative_prompt_2: str | None = None
+
+
 class GenerationRequest(BaseModel):
     """What the Diffusion replica needs, stored as the job's request JSON."""
 
@@ -88,6 +113,9 @@ class GenerationRequest(BaseModel):
     intermediates: bool | None = None
     # Enfugue's opaque UI `state`, written back into each result PNG (`EnfugueUIState`) and not used otherwise.
     state: Any = None
+    # Enfugue's `upscale`/`outscale`: the passes applied to each sample, resolved from the request's per-pass
+    # lists by the dialect (empty: no upscale). The last pass's scale is Enfugue's `outscale`.
+    upscale: list[UpscalePass] = Field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -125,6 +153,15 @@ class Limits(BaseModel):
     max_images_per_job: int = 16
     max_waiting_jobs: int = 256
 
+    def capped(self, request: GenerationRequest) -> GenerationRequest:
+        """The request with each upscale pass's img2img steps at most `max_steps` (Enfugue's default of 100
+        would otherwise be refused by most servers)."""
+        if all(step.steps is None or step.steps <= self.max_steps for step in request.upscale):
+            return request
+        passes = [step if step.steps is None or step.steps <= self.max_steps else
+                  step.model_copy(update={"steps": self.max_steps}) for step in request.upscale]  # fmt: skip
+        return request.model_copy(update={"upscale": passes})
+
     def check(self, request: GenerationRequest) -> None:
         """Raise InvalidRequest naming the first field that breaks a limit (sizes must be resolved)."""
         if request.width is None or request.height is None:
@@ -148,6 +185,14 @@ class Limits(BaseModel):
                 f"the number of images must be between 1 and {self.max_images_per_job}, got {request.num_images}",
                 field="samples",
             )
+        if request.upscale:
+            width, height = request.width * request.upscale[-1].scale, request.height * request.upscale[-1].scale
+            if width > self.max_width or height > self.max_height or width * height > self.max_pixels:
+                raise InvalidRequest(
+                    f"The upscaled size {width}×{height} is over this server's limits (at most "
+                    f"{self.max_width}×{self.max_height}, {self.max_pixels} pixels)",
+                    field="outscale",
+                )
         if request.guidance_scale > 100.0:
             raise InvalidRequest(
                 f"`guidance_scale` must be between 0 and 100, got {request.guidance_scale}", field="guidance_scale"
@@ -176,5 +221,12 @@ def check_runnable(request: GenerationRequest) -> None:
         raise InvalidRequest(f"`strength` must be between 0 and 1, got {request.strength}", field="strength")
     if request.mask is not None and request.image is None:
         raise InvalidRequest("`mask` needs an `image` to inpaint", field="mask")
+    for step in request.upscale:
+        if step.steps is not None and step.steps < 1:
+            raise InvalidRequest(f"`upscale_diffusion_steps` must be at least 1, got {step.steps}",
+                                 field="upscale_diffusion_steps")  # fmt: skip
+        if not 0 <= step.strength <= 1:
+            raise InvalidRequest(f"`upscale_diffusion_strength` must be between 0 and 1, got {step.strength}",
+                                 field="upscale_diffusion_strength")  # fmt: skip
     if request.scheduler is not None and request.scheduler not in SCHEDULER_NAMES:
         raise InvalidRequest(f"Unknown scheduler {request.scheduler}", field="scheduler")

@@ -102,6 +102,7 @@ class NodeContext:
         self._tensors: dict[str, Any] = {}
         self._images: list[GeneratedImage] = []
         self._images_saved = 0  # across nodes: an image's position in its session
+        self._outputs_saved = 0  # the non-intermediate ones: an Enfugue sample's index (its seed offset)
         self._node: Any = None
         self._source_id = ""
 
@@ -183,7 +184,7 @@ class NodeContext:
         enfugue = self.job.request.get("enfugue")
         if isinstance(enfugue, dict):
             # Enfugue clients read their parameters (and UI state) back from here, with this image's own seed.
-            text.update(enfugue_png_text(enfugue, self._images_saved))
+            text.update(enfugue_png_text(enfugue, self._outputs_saved))
         png, thumb = encode_png(image, text), encode_thumbnail(image)
         key, thumb_key = image_key(name), thumbnail_key(name)
         self._run(self._store.put(key, png, "image/png"))
@@ -208,6 +209,7 @@ class NodeContext:
             )
         )
         self._images_saved += 1
+        self._outputs_saved += 0 if is_intermediate else 1
         return ImageField(image_name=name)
 
     # -- progress -------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from serve_app.domain.generation import ENFUGUE_TO_INVOKEAI_SCHEDULER, Generatio
 from serve_app.domain.graph.graph import Graph
 from serve_app.domain.graph.invocations import SEED_MAX
 from serve_app.domain.models import ModelFamily, ModelSpec
+from serve_app.services.enfugue_upscale import EdgeFn, NodeFn, UpscaleBuilder
 
 # Enfugue's default strengths (diffusion/plan.py): img2img 0.8; an inpaint repaints its area fully.
 IMG2IMG_STRENGTH = 0.8
@@ -134,11 +135,14 @@ def generation_graph(
         enfugue=request.model_dump(mode="json", exclude={"state"}),
         **({} if request.image is None else {"strength": strength_of(request)}),
     )
+    # Enfugue's upscale passes follow each sample's decode; the last pass's image is the one saved.
+    upscale = None
+    if request.upscale:
+        upscale = UpscaleBuilder(node, edge, request.upscale, request.width, request.height, scheduler, sources,
+                                 decoder, sdxl)  # fmt: skip
     strength = strength_of(request) if request.image is not None else 1.0
     if request.image is not None and strength == 0:
-        for index in range(request.num_images):
-            node(f"output_{index}", "save_image", is_intermediate=False, image={"image_name": request.image})
-            edge(metadata, "metadata", f"output_{index}", "metadata")
+        _pass_through(request, request.image, node, edge, metadata, upscale)
         return _validated(nodes, edges, request)
     if request.image is not None:
         node("input", "i2l", image={"image_name": request.image})
@@ -152,7 +156,8 @@ def generation_graph(
         denoise = node(f"denoise_{index}", "denoise_latents", steps=request.steps,
                        cfg_scale=request.guidance_scale, scheduler=scheduler,
                        denoising_start=1.0 - strength)  # fmt: skip
-        output = node(f"output_{index}", "l2i", is_intermediate=False)
+        output = node(f"output_{index}" if upscale is None else f"decoded_{index}", "l2i",
+                      is_intermediate=upscale is not None)  # fmt: skip
         edge(sources["unet"], "unet", denoise, "unet")
         edge("positive", "conditioning", denoise, "positive_conditioning")
         edge("negative", "conditioning", denoise, "negative_conditioning")
@@ -163,8 +168,24 @@ def generation_graph(
             edge("mask", "denoise_mask", denoise, "denoise_mask")
         edge(denoise, "latents", output, "latents")
         edge(decoder, "vae", output, "vae")
-        edge(metadata, "metadata", output, "metadata")
+        if upscale is None:
+            edge(metadata, "metadata", output, "metadata")
+        else:
+            upscale.add(output, index=index, seed=request.seed + index, output=f"output_{index}", metadata=metadata)
     return _validated(nodes, edges, request)
+
+
+def _pass_through(
+    request: GenerationRequest, image: str, node: NodeFn, edge: EdgeFn, metadata: str, upscale: UpscaleBuilder | None
+) -> None:
+    """Strength 0: each sample is the input image as it is (then upscaled, if asked)."""
+    for index in range(request.num_images):
+        if upscale is not None:
+            source = node(f"input_{index}", "image", image={"image_name": image})
+            upscale.add(source, index=index, seed=request.seed + index, output=f"output_{index}", metadata=metadata)
+            continue
+        node(f"output_{index}", "save_image", is_intermediate=False, image={"image_name": image})
+        edge(metadata, "metadata", f"output_{index}", "metadata")
 
 
 def _validated(

@@ -93,7 +93,7 @@ class JobService:
         # Resolve the models first so the stored graph names concrete ones: a retry, or a later change of
         # the default model or of a preset, must not change what this job generates.
         resolution = await self._resolver.resolve(request)
-        request = resolution.request
+        request = self._limits.capped(resolution.request)  # upscale img2img steps, at most max_steps
         self._limits.check(request)
         # The graph engine runs it, as it runs InvokeAI's graphs; the Enfugue parameters stay alongside.
         graph = generation_graph(

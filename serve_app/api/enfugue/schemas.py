@@ -14,13 +14,13 @@ from serve_app.domain.generation import GenerationRequest
 from serve_app.domain.jobs import Job, JobStatus
 from serve_app.domain.presets import ModelPreset, WeightedModel
 from serve_app.services.enfugue_images import ImageInputs
+from serve_app.services.enfugue_upscale import UpscaleSettings
 from serve_app.services.presets import MODEL_DEFAULT_FIELDS
 
 # Parameters Enfugue accepts that this server does not run yet. Ignoring them silently would
 # return a plain txt2img image for an img2img request, so they are refused with 501 instead.
 UNSUPPORTED_KEYS = (
-    "control_image", "controlnet", "nodes", "upscale", "upscale_diffusion", "refiner", "inpainter",
-    "remove_background", "fill_background",
+    "control_image", "controlnet", "nodes", "refiner", "inpainter", "fill_background",
 )  # fmt: skip
 
 Anchor = Literal[
@@ -68,6 +68,34 @@ class InvokeBody(BaseModel):
     invert_mask: bool = False
     fit: Literal["actual", "stretch", "cover", "contain"] | None = None
     anchor: Anchor | None = None
+    remove_background: bool = False
+    # Upscale (services/enfugue_upscale.py): each `Any` is one value or a list with one value per pass.
+    upscale: Any = None
+    outscale: int = Field(default=1, ge=1)
+    upscale_iterative: bool = False
+    upscale_diffusion: bool = False
+    upscale_diffusion_steps: int | list[int] | None = None
+    upscale_diffusion_guidance_scale: float | list[float] | None = None
+    upscale_diffusion_strength: float | list[float] | None = None
+    upscale_diffusion_prompt: str | list[str] | None = None
+    upscale_diffusion_prompt_2: str | list[str] | None = None
+    upscale_diffusion_negative_prompt: str | list[str] | None = None
+    upscale_diffusion_negative_prompt_2: str | list[str] | None = None
+
+    def upscale_settings(self) -> UpscaleSettings:
+        return UpscaleSettings(
+            upscale=self.upscale,
+            outscale=self.outscale,
+            iterative=self.upscale_iterative,
+            diffusion=self.upscale_diffusion,
+            steps=self.upscale_diffusion_steps,
+            guidance_scale=self.upscale_diffusion_guidance_scale,
+            strength=self.upscale_diffusion_strength,
+            prompt=self.upscale_diffusion_prompt,
+            prompt_2=self.upscale_diffusion_prompt_2,
+            negative_prompt=self.upscale_diffusion_negative_prompt,
+            negative_prompt_2=self.upscale_diffusion_negative_prompt_2,
+        )
 
     def image_inputs(self) -> ImageInputs:
         """The inline images and how to fit them (decoded by services.enfugue_images)."""
@@ -75,7 +103,10 @@ class InvokeBody(BaseModel):
                            invert_mask=self.invert_mask)  # fmt: skip
 
     def to_domain(self) -> GenerationRequest:
-        """The domain request; InvalidRequest (with Enfugue's messages) for a badly shaped model list."""
+        """The domain request; InvalidRequest (with Enfugue's messages) for a badly shaped model list, an upscale
+        method this server cannot run, or background removal (no model for it)."""
+        if self.remove_background:
+            raise InvalidRequest("No background-removal model is installed", field="remove_background")
         values: dict[str, Any] = {
             "model": self.model,
             "model_type": self.model_type,
@@ -97,6 +128,7 @@ class InvokeBody(BaseModel):
             "strength": self.strength,
             "state": self.state,
             "intermediates": self.intermediates,
+            "upscale": self.upscale_settings().passes(),
         }
         # Left out unless given, so that a preset's defaults apply (see GenerationRequest.steps).
         for field, value in (("seed", self.seed), ("steps", self.num_inference_steps),

@@ -41,9 +41,10 @@ ORDER BY new.n
 RETURNING *;
 
 -- name: get_job
--- One job with the names of its images in output order.
+-- One job with the names of its images in output order (its outputs: intermediates, such as the decode
+-- before an Enfugue upscale, are not results).
 SELECT jobs.*,
-       ARRAY(SELECT images.name FROM images WHERE images.job_id = jobs.id
+       ARRAY(SELECT images.name FROM images WHERE images.job_id = jobs.id AND NOT images.is_intermediate
              ORDER BY images.position, images.name) AS image_names
 FROM jobs
 WHERE jobs.id = $1;
@@ -51,7 +52,7 @@ WHERE jobs.id = $1;
 -- name: list_jobs
 -- Jobs newest first (item_id is monotonic), optionally of one owner ($1 NULL = everyone).
 SELECT jobs.*,
-       ARRAY(SELECT images.name FROM images WHERE images.job_id = jobs.id
+       ARRAY(SELECT images.name FROM images WHERE images.job_id = jobs.id AND NOT images.is_intermediate
              ORDER BY images.position, images.name) AS image_names
 FROM jobs
 WHERE $1::text IS NULL OR jobs.owner = $1

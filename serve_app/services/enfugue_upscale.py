@@ -1,0 +1,180 @@
+"""Enfugue's post-processing upscale (enfugue-api.md §5.2) as passes, and as graph nodes after each sample.
+
+Each pass resizes the previous image (`img_resize`, PIL's filter) to `scale` × the generated size; with
+`upscale_diffusion` it then re-diffuses the result (i2l → denoise from `1 - strength` → l2i), as Enfugue's
+"Re-diffusing Upscaled Sample". Enfugue diffuses large images in chunks; the engine diffuses the whole image at
+once, so the `upscale_diffusion_*chunking*` keys are accepted and ignored, as is `upscale_pipeline` (no refiner
+runs here) and `upscale_diffusion_controlnet` (no controlnet yet).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from serve_app.domain.errors import InvalidRequest
+from serve_app.domain.generation import (
+    DEFAULT_UPSCALE_DIFFUSION_PROMPT,
+    MODEL_UPSCALE_METHODS,
+    PIL_UPSCALE_METHODS,
+    UpscalePass,
+)
+from serve_app.domain.graph.invocations import SEED_MAX
+
+T = TypeVar("T")
+
+
+def per_pass(value: T | Sequence[T] | None, index: int, default: T) -> T:
+    """Enfugue's "one value, or a list with one value per pass": a short list repeats its last value."""
+    if value is None:
+        return default
+    if isinstance(value, (list, tuple)):
+        return value[min(index, len(value) - 1)] if value else default
+    return value  # type: ignore[return-value]
+
+
+def pass_scales(outscale: int, iterative: bool) -> list[int]:
+    """The cumulative scale after each pass: one pass, or passes of 2× (a last smaller one when `outscale` is
+    not a power of two)."""
+    if outscale <= 1:
+        return []
+    if not iterative:
+        return [outscale]
+    scales = []
+    scale = 2
+    while scale < outscale:
+        scales.append(scale)
+        scale *= 2
+    return [*scales, outscale]
+
+
+def check_method(method: Any) -> str:
+    if method in MODEL_UPSCALE_METHODS:
+        # Refused before anything is stored: running them needs a spandrel model node, which this server lacks.
+        raise InvalidRequest(f"No upscaling model installed for {method}", field="upscale")
+    if method not in PIL_UPSCALE_METHODS:
+        allowed = ", ".join((*MODEL_UPSCALE_METHODS, *PIL_UPSCALE_METHODS))
+        raise InvalidRequest(f"Unknown upscale method {method!r}; expected one of {allowed}", field="upscale")
+    return str(method)
+
+
+@dataclass(frozen=True)
+class UpscaleSettings:
+    """Enfugue's upscale keys as sent: each `Any` is one value or a list with one value per pass."""
+
+    upscale: Any = None
+    outscale: int = 1
+    iterative: bool = False
+    diffusion: bool = False
+    steps: Any = None
+    guidance_scale: Any = None
+    strength: Any = None
+    prompt: Any = None
+    prompt_2: Any = None
+    negative_prompt: Any = None
+    negative_prompt_2: Any = None
+
+    def passes(self) -> list[UpscalePass]:
+        """The passes to run (none unless both `upscale` and an `outscale` above 1 are given, as in Enfugue);
+        InvalidRequest for a method this server cannot run."""
+        methods = self.upscale if isinstance(self.upscale, list) else [self.upscale]
+        for method in methods:
+            if method is not None:
+                check_method(method)
+        if self.upscale in (None, "", []):
+            return []
+        result = []
+        for index, scale in enumerate(pass_scales(self.outscale, self.iterative)):
+            values: dict[str, Any] = {"scale": scale, "method": check_method(per_pass(self.upscale, index, None))}
+            if self.diffusion:
+                values |= {
+                    "steps": per_pass(self.steps, index, 100),
+                    "guidance_scale": per_pass(self.guidance_scale, index, 12.0),
+                    "strength": per_pass(self.strength, index, 0.2),
+                    "prompt": per_pass(self.prompt, index, DEFAULT_UPSCALE_DIFFUSION_PROMPT),
+                    "prompt_2": per_pass(self.prompt_2, index, None),
+                    "negative_prompt": per_pass(self.negative_prompt, index, ""),
+                    "negative_prompt_2": per_pass(self.negative_prompt_2, index, None),
+                }
+            result.append(UpscalePass.model_validate(values))
+        return result
+
+
+NodeFn = Callable[..., str]
+EdgeFn = Callable[[str, str, str, str], None]
+
+
+@dataclass
+class UpscaleBuilder:
+    """Adds the upscale passes after a sample's decoded image, with the generation graph's `node`/`edge`
+    helpers and the handles its denoise uses (the last LoRA's `unet`/`clip`/`clip2`, the decoder's `vae`)."""
+
+    node: NodeFn
+    edge: EdgeFn
+    passes: Sequence[UpscalePass]
+    width: int
+    height: int
+    scheduler: str
+    sources: dict[str, str]
+    decoder: str
+    sdxl: bool
+    _prompts: set[int] = field(default_factory=set)
+
+    def add(self, decoded: str, *, index: int, seed: int, output: str, metadata: str) -> str:
+        """Chains the passes after `decoded` (an intermediate image node); the last node gets the id `output`,
+        is saved to the gallery and carries the metadata. Returns its id."""
+        image = decoded
+        for number, step in enumerate(self.passes):
+            last = number == len(self.passes) - 1
+            width, height = self.width * step.scale, self.height * step.scale
+            final = last and step.steps is None
+            resized = self.node(output if final else f"upscale_{index}_{number}", "img_resize",
+                                is_intermediate=not final, width=width, height=height,
+                                resample_mode=step.method)  # fmt: skip
+            self.edge(image, "image", resized, "image")
+            image = resized
+            if step.steps is not None:
+                image = self._rediffuse(step, number, resized, index=index, seed=seed, width=width, height=height,
+                                        output=output if last else None)  # fmt: skip
+        self.edge(metadata, "metadata", image, "metadata")
+        return image
+
+    def _rediffuse(self, step: UpscalePass, number: int, image: str, *, index: int, seed: int, width: int,
+                   height: int, output: str | None) -> str:  # fmt: skip
+        positive, negative = self._prompt_nodes(step, number, width, height)
+        latents = self.node(f"upscale_i2l_{index}_{number}", "i2l")
+        self.edge(image, "image", latents, "image")
+        self.edge(self.decoder, "vae", latents, "vae")
+        noise = self.node(f"upscale_noise_{index}_{number}", "noise", seed=seed % (SEED_MAX + 1), width=width,
+                          height=height)  # fmt: skip
+        # Named apart from `denoise_<i>`, whose previews are the sample's intermediates.
+        denoise = self.node(f"upscale_denoise_{index}_{number}", "denoise_latents", steps=step.steps,
+                            cfg_scale=step.guidance_scale, scheduler=self.scheduler,
+                            denoising_start=1.0 - step.strength)  # fmt: skip
+        self.edge(self.sources["unet"], "unet", denoise, "unet")
+        self.edge(positive, "conditioning", denoise, "positive_conditioning")
+        self.edge(negative, "conditioning", denoise, "negative_conditioning")
+        self.edge(noise, "noise", denoise, "noise")
+        self.edge(latents, "latents", denoise, "latents")
+        decoded = self.node(output or f"upscale_l2i_{index}_{number}", "l2i", is_intermediate=output is None)
+        self.edge(denoise, "latents", decoded, "latents")
+        self.edge(self.decoder, "vae", decoded, "vae")
+        return decoded
+
+    def _prompt_nodes(self, step: UpscalePass, number: int, width: int, height: int) -> tuple[str, str]:
+        """The pass's prompt encodings, made once and shared by every sample."""
+        ids = f"upscale_positive_{number}", f"upscale_negative_{number}"
+        if number in self._prompts:
+            return ids
+        self._prompts.add(number)
+        texts = ((step.prompt, step.prompt_2), (step.negative_prompt, step.negative_prompt_2))
+        for node_id, (text, text_2) in zip(ids, texts, strict=True):
+            if self.sdxl:
+                self.node(node_id, "sdxl_compel_prompt", prompt=text, style=text_2 or text, original_width=width,
+                          original_height=height, target_width=width, target_height=height)  # fmt: skip
+                self.edge(self.sources["clip2"], "clip2", node_id, "clip2")
+            else:
+                self.node(node_id, "compel", prompt=text)
+            self.edge(self.sources["clip"], "clip", node_id, "clip")
+        return ids
