@@ -52,27 +52,24 @@ class HttpError(Exception):
         self.detail = detail
 
 
+# Domain error -> HTTP status, the same for both dialects. Order matters: subclasses before their bases
+# (UnsupportedMediaType and PayloadTooLarge are InvalidRequests).
+_STATUSES: tuple[tuple[type[ServeAppError], int], ...] = (
+    (UnsupportedMediaType, 415),
+    (PayloadTooLarge, 413),
+    (InvalidRequest, 400),
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (NotFound, 404),
+    (Conflict, 409),
+    (QueueFull, 429),
+    (ServiceUnavailable, 503),
+)
+
+
 def status_for(exc: ServeAppError) -> int:
-    """The HTTP status of a domain error; the same for both dialects."""
-    if isinstance(exc, UnsupportedMediaType):
-        return 415
-    if isinstance(exc, PayloadTooLarge):
-        return 413
-    if isinstance(exc, InvalidRequest):
-        return 400
-    if isinstance(exc, Unauthorized):
-        return 401
-    if isinstance(exc, Forbidden):
-        return 403
-    if isinstance(exc, NotFound):
-        return 404
-    if isinstance(exc, Conflict):
-        return 409
-    if isinstance(exc, QueueFull):
-        return 429
-    if isinstance(exc, ServiceUnavailable):
-        return 503
-    return 500
+    """The HTTP status of a domain error; 500 for anything the table does not name."""
+    return next((status for kind, status in _STATUSES if isinstance(exc, kind)), 500)
 
 
 def is_invokeai_path(path: str) -> bool:
