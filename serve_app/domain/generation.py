@@ -68,6 +68,57 @@ class UpscalePass(BaseModel):
     negative_prompt_2: str | None = None
 
 
+# Enfugue's `controlnet` names (enfugue-api.md §5.2); each maps to a repo (settings) and so to an installed model.
+ControlNetName = Literal[
+    "canny", "mlsd", "hed", "scribble", "tile", "inpaint", "depth", "normal", "pose", "pidi", "line", "anime",
+]  # fmt: skip
+CONTROLNET_NAMES: tuple[str, ...] = ControlNetName.__args__  # type: ignore[attr-defined]
+
+
+class ControlInput(BaseModel):
+    """A ControlNet input: the stored control image (`images/<name>`, fitted to its region), the Enfugue name of
+    the controlnet, and whether the matching detector runs on the image first (`process`) or it is used as it is
+    (`invert`: colours inverted, as Enfugue's `invert_control_image`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    controlnet: ControlNetName
+    image: str
+    conditioning_scale: float = 1.0
+    process: bool = True
+    invert: bool = False
+
+
+class RegionNode(BaseModel):
+    """One of Enfugue's canvas `nodes` (enfugue-api.md §5.3), resolved at submit: its image and mask are stored
+    (fitted to w × h; mask in the engine's convention, white = keep) and its flags say what runs on it.
+    `steps` / `guidance_scale` / refiner values None mean the request's."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    x: int = 0
+    y: int = 0
+    w: int = Field(gt=0)
+    h: int = Field(gt=0)
+    prompt: str = ""
+    prompt_2: str | None = None
+    negative_prompt: str = ""
+    negative_prompt_2: str | None = None
+    image: str | None = None
+    mask: str | None = None
+    infer: bool = False
+    inpaint: bool = False
+    # The node's image as a ControlNet input (Enfugue's `control` flag with `controlnet` and its settings).
+    control: ControlInput | None = None
+    strength: float | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    refiner_strength: float | None = None
+    refiner_guidance_scale: float | None = None
+    refiner_aesthetic_score: float | None = None
+    refiner_negative_aesthetic_score: float | None = None
+
+
 class GenerationRequest(BaseModel):
     """What the Diffusion replica needs, stored as the job's request JSON."""
 
@@ -116,6 +167,27 @@ class GenerationRequest(BaseModel):
     # Enfugue's `upscale`/`outscale`: the passes applied to each sample, resolved from the request's per-pass
     # lists by the dialect (empty: no upscale). The last pass's scale is Enfugue's `outscale`.
     upscale: list[UpscalePass] = Field(default_factory=list)
+    # SDXL refiner (enfugue-api.md §5.2): a model name resolved at submit like `model`; it denoises the last
+    # `refiner_strength` of the schedule with its own prompts (None: the request's) and aesthetic scores.
+    refiner: str | None = None
+    refiner_size: int | None = None
+    refiner_vae: str | None = None
+    refiner_strength: float = 0.3
+    refiner_guidance_scale: float = 5.0
+    refiner_aesthetic_score: float = 6.0
+    refiner_negative_aesthetic_score: float = 2.5
+    refiner_prompt: str | None = None
+    refiner_prompt_2: str | None = None
+    refiner_negative_prompt: str | None = None
+    refiner_negative_prompt_2: str | None = None
+    # An inpainting model used instead of the main model for the inpaint steps.
+    inpainter: str | None = None
+    inpainter_size: int | None = None
+    inpainter_vae: str | None = None
+    # Single-step ControlNet (`control_image` with `controlnet`), used when `nodes` is empty.
+    control: ControlInput | None = None
+    # Canvas regions, run in order and composited (empty: one region covering the canvas, from the fields above).
+    nodes: list[RegionNode] = Field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

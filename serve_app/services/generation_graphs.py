@@ -12,7 +12,7 @@ changes nothing, so the input is saved as it is (Enfugue's pass-through), withou
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from serve_app.domain.generation import ENFUGUE_TO_INVOKEAI_SCHEDULER, GenerationRequest
@@ -46,6 +46,20 @@ class GraphModel:
                 "type": spec.type.value}  # fmt: skip
 
 
+@dataclass(frozen=True)
+class GraphExtras:
+    """The models a request uses beyond the main one, its LoRAs, VAE and embeddings, resolved at submit:
+    the SDXL refiner (and its VAE), the inpainting model (and its VAE), the ControlNet model per Enfugue
+    controlnet name the request uses, and the spandrel image-to-image model per upscale method name."""
+
+    refiner: GraphModel | None = None
+    refiner_vae: GraphModel | None = None
+    inpainter: GraphModel | None = None
+    inpainter_vae: GraphModel | None = None
+    controlnets: dict[str, GraphModel] = field(default_factory=dict)
+    upscalers: dict[str, GraphModel] = field(default_factory=dict)
+
+
 def model_identifier(spec: ModelSpec) -> dict[str, Any]:
     """How a graph names a catalog model (InvokeAI's ModelIdentifierField)."""
     return GraphModel(spec).identifier()
@@ -70,12 +84,14 @@ def generation_graph(
     loras: Sequence[GraphModel] = (),
     vae: GraphModel | None = None,
     embeddings: Sequence[GraphModel] = (),
+    extras: GraphExtras | None = None,
 ) -> dict[str, Any]:
     """The graph of a resolved request (width, height and models set; the prompts already name
     each textual inversion as `<name>`, and `embeddings` are listed in the metadata so the job's model snapshot
     holds exactly those); validated like any submitted graph."""
     assert request.width is not None and request.height is not None, "resolve the size before building"
     main = main if isinstance(main, GraphModel) else GraphModel(main)
+    extras = extras or GraphExtras()
     sdxl = main.spec.family is ModelFamily.SDXL
     nodes: dict[str, dict[str, Any]] = {}
     edges: list[dict[str, Any]] = []

@@ -97,7 +97,12 @@ class JobService:
         self._limits.check(request)
         # The graph engine runs it, as it runs InvokeAI's graphs; the Enfugue parameters stay alongside.
         graph = generation_graph(
-            request, resolution.main, loras=resolution.loras, vae=resolution.vae, embeddings=resolution.embeddings
+            request,
+            resolution.main,
+            loras=resolution.loras,
+            vae=resolution.vae,
+            embeddings=resolution.embeddings,
+            extras=resolution.extras,
         )
         job_request = {**graph_request(graph), "enfugue": request.to_json()}
         jobs = await self._repo.enqueue(

@@ -10,6 +10,7 @@ failed job.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from serve_app.domain.generation import ENFUGUE_TO_INVOKEAI_SCHEDULER, Generatio
 from serve_app.domain.models import ModelFamily, ModelRecord, ModelSpec, ModelType
 from serve_app.domain.ports import ModelCatalog, ModelRegistry, PresetStore
 from serve_app.domain.presets import ModelPreset, WeightedModel
-from serve_app.services.generation_graphs import GraphModel
+from serve_app.services.generation_graphs import GraphExtras, GraphModel
 
 # Enfugue's short VAE names and the Hugging Face repos they stand for (diffusion/manager.py). This server
 # downloads nothing at invoke time: the repo must have been installed (its source is the repo id).
@@ -100,6 +101,7 @@ class Resolution:
     loras: list[GraphModel]
     vae: GraphModel | None
     embeddings: list[GraphModel]
+    extras: GraphExtras = dataclasses.field(default_factory=GraphExtras)
 
 
 class ModelResolver:
