@@ -386,6 +386,18 @@ class ModelJobStore(Protocol):
         """Delete finished downloads that belong to no install; return how many."""
         ...
 
+    async def renew_leases(self, *, installs: Sequence[int], downloads: Sequence[int], seconds: float) -> None:
+        """Extend the leases of these unfinished jobs (the ones this replica runs) to `seconds` from now."""
+        ...
+
+    async def reap_installs(self, reason: str, message: str) -> list[InstallJob]:
+        """End as errors the unfinished installs whose lease expired (their replica stopped); return them."""
+        ...
+
+    async def reap_downloads(self, error_type: str, message: str) -> list[DownloadJob]:
+        """End as errors the unfinished downloads whose lease expired (their replica stopped); return them."""
+        ...
+
 
 class PresetStore(Protocol):
     """Enfugue's model presets (`/api/models`), table `model_presets`."""

@@ -24,7 +24,7 @@ from serve_app.domain.errors import Conflict, QueueFull
 from serve_app.domain.model_jobs import DownloadJob, DownloadStatus
 from serve_app.domain.ports import BusMessage, EventBus, ModelJobStore, SettingsReader
 from serve_app.services import download_files as files
-from serve_app.services.background import JobTasks
+from serve_app.services.background import INTERRUPTED, INTERRUPTED_MESSAGE, LEASE_S, JobTasks
 from serve_app.services.priority_slots import PrioritySlots
 
 log = logging.getLogger(__name__)
@@ -236,6 +236,14 @@ class DownloadService:
     async def prune(self) -> int:
         """Forget finished downloads that are not parts of an install."""
         return await self._jobs.prune_downloads()
+
+    async def keep_leases(self) -> None:
+        """Renew the leases of the downloads this replica runs; end as errors the ones whose replica stopped."""
+        await self._jobs.renew_leases(installs=(), downloads=self._tasks.running(), seconds=LEASE_S)
+        for job in await self._jobs.reap_downloads(INTERRUPTED, INTERRUPTED_MESSAGE):
+            log.warning("download %s was left unfinished by a stopped server", job.id)
+            await self._publish("download_error", {"source": job.source, "error_type": INTERRUPTED,
+                                                   "error": INTERRUPTED_MESSAGE})  # fmt: skip
 
     async def wait(self, job_id: int) -> DownloadJob:
         """The job once finished (one running on another replica is polled)."""

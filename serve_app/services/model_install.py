@@ -34,7 +34,7 @@ from serve_app.domain.model_jobs import (
 )
 from serve_app.domain.models import ModelChanges, ModelRecord
 from serve_app.domain.ports import BusMessage, EventBus, ModelJobStore
-from serve_app.services.background import JobTasks
+from serve_app.services.background import INTERRUPTED, INTERRUPTED_MESSAGE, LEASE_S, JobTasks
 from serve_app.services.downloads import DownloadService
 from serve_app.services.model_sources import parse_source, source_type, wire_source
 from serve_app.services.models import ModelService
@@ -190,6 +190,17 @@ class InstallService:
     async def wait(self, job_id: int) -> InstallJob:
         """The install once finished (one running on another replica is polled)."""
         return await self._tasks.wait(job_id, self._jobs.get_install, lambda job: job.status.finished)
+
+    async def keep_leases(self) -> None:
+        """Renew the leases of the installs this replica runs; end as errors the ones whose replica stopped."""
+        await self._jobs.renew_leases(installs=self._tasks.running(), downloads=(), seconds=LEASE_S)
+        for job in await self._jobs.reap_installs(INTERRUPTED, INTERRUPTED_MESSAGE):
+            log.warning("install %s was left unfinished by a stopped server", job.id)
+            await self._publish(
+                "model_install_error",
+                {"id": job.id, "source": wire_source(job.source), "error_type": INTERRUPTED,
+                 "error": INTERRUPTED_MESSAGE},
+            )  # fmt: skip
 
     async def aclose(self) -> None:
         """Stop this replica's installs: their rows end as errors (interrupted), their files are removed."""

@@ -16,6 +16,7 @@ from serve_app.api.deps import ApiContext
 from serve_app.domain.models import ModelRecord, ModelSpec
 from serve_app.domain.ports import EventBus, JobExecutor, ObjectStore
 from serve_app.services.accounts import AccountService
+from serve_app.services.background import keep_leases
 from serve_app.services.boards import BoardService
 from serve_app.services.dispatcher import Dispatcher, DispatcherConfig
 from serve_app.services.downloads import DownloadService
@@ -214,6 +215,8 @@ async def ingress_runtime(args: IngressArgs, jobs: JobGateway) -> AsyncIterator[
         bus,
         allowed_roots=[models.models_dir, *(Path(root) for root in args.model_import_roots)],
     )
+    # Renews this replica's install/download leases and ends jobs a crashed replica left (services/background.py).
+    leases = asyncio.create_task(keep_leases(installs, downloads), name="model-job-leases")
     try:
         await feed.start()
         # Models found in the models folder (the demo models among them) are registered on every start.
@@ -246,6 +249,9 @@ async def ingress_runtime(args: IngressArgs, jobs: JobGateway) -> AsyncIterator[
             settings=settings,
         )
     finally:
+        leases.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await leases
         # Installs first: stopping one cancels its downloads.
         await installs.aclose()
         await downloads.aclose()

@@ -8,7 +8,7 @@ final: an update that would change it returns the job unchanged (see the header 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, LiteralString
 
 import asyncpg
@@ -34,6 +34,10 @@ class ModelJobQueries:
     list_downloads: LiteralString
     update_download: LiteralString
     prune_downloads: LiteralString
+    renew_install_leases: LiteralString
+    reap_installs: LiteralString
+    renew_download_leases: LiteralString
+    reap_downloads: LiteralString
 
 
 Q = load(ModelJobQueries, "sql/model_jobs.sql")
@@ -166,3 +170,21 @@ class PgModelJobStore:
         """Delete finished downloads that belong to no install; return how many."""
         count: int = await self._pool.fetchval(Q.prune_downloads)
         return count
+
+    # Leases (migration 0006)
+
+    async def renew_leases(self, *, installs: Sequence[int], downloads: Sequence[int], seconds: float) -> None:
+        """Extend the leases of these unfinished jobs (the ones this replica runs) to `seconds` from now."""
+        if installs:
+            await self._pool.execute(Q.renew_install_leases, list(installs), seconds)
+        if downloads:
+            await self._pool.execute(Q.renew_download_leases, list(downloads), seconds)
+
+    async def reap_installs(self, reason: str, message: str) -> list[InstallJob]:
+        """End as errors the unfinished installs whose lease expired; return them."""
+        rows = await self._pool.fetch(Q.reap_installs, reason, message)
+        return [_install(row, await self._parts_of(row["id"])) for row in rows]
+
+    async def reap_downloads(self, error_type: str, message: str) -> list[DownloadJob]:
+        """End as errors the unfinished downloads whose lease expired; return them."""
+        return [_download(row) for row in await self._pool.fetch(Q.reap_downloads, error_type, message)]

@@ -24,6 +24,16 @@ def _timestamp(*, nullable: bool) -> Any:
     return Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()))
 
 
+def _lease() -> Any:
+    # Install and download jobs (migration 0006): a new row's first lease, renewed by the replica running it.
+    return Field(
+        default=None,
+        sa_column=sa.Column(
+            sa.DateTime(timezone=True), nullable=True, server_default=sa.text("now() + interval '2 minutes'")
+        ),
+    )
+
+
 class JobRow(SQLModel, table=True):
     """One queued generation: its request, state machine, lease and outcome."""
 
@@ -266,6 +276,7 @@ class ModelInstallJobRow(SQLModel, table=True):
     error_traceback: str | None = _text(nullable=True)
     created_at: datetime = _timestamp(nullable=False)
     updated_at: datetime = _timestamp(nullable=False)
+    lease_expires_at: datetime | None = _lease()
 
 
 class DownloadJobRow(SQLModel, table=True):
@@ -296,6 +307,7 @@ class DownloadJobRow(SQLModel, table=True):
     job_ended: datetime | None = _timestamp(nullable=True)
     created_at: datetime = _timestamp(nullable=False)
     updated_at: datetime = _timestamp(nullable=False)
+    lease_expires_at: datetime | None = _lease()
 
 
 class ModelPresetRow(SQLModel, table=True):

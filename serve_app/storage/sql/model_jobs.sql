@@ -123,3 +123,33 @@ WITH pruned AS (
     RETURNING 1
 )
 SELECT count(*) FROM pruned;
+
+-- name: renew_install_leases
+-- Extend by $2 seconds the leases of the unfinished installs in $1 (bigint[]), the ones this replica runs.
+UPDATE model_install_jobs
+SET lease_expires_at = now() + make_interval(secs => $2)
+WHERE id = ANY($1::bigint[])
+  AND status NOT IN ('completed', 'error', 'cancelled');
+
+-- name: reap_installs
+-- End as errors ($1 reason, $2 message) the unfinished installs whose lease expired: their replica stopped.
+UPDATE model_install_jobs
+SET status = 'error', error_reason = $1, error = $2, updated_at = now()
+WHERE status NOT IN ('completed', 'error', 'cancelled')
+  AND lease_expires_at < now()
+RETURNING *;
+
+-- name: renew_download_leases
+-- Extend by $2 seconds the leases of the unfinished downloads in $1 (bigint[]), the ones this replica runs.
+UPDATE download_jobs
+SET lease_expires_at = now() + make_interval(secs => $2)
+WHERE id = ANY($1::bigint[])
+  AND status NOT IN ('completed', 'error', 'cancelled');
+
+-- name: reap_downloads
+-- End as errors ($1 type, $2 message) the unfinished downloads whose lease expired: their replica stopped.
+UPDATE download_jobs
+SET status = 'error', error_type = $1, error = $2, job_ended = now(), updated_at = now()
+WHERE status NOT IN ('completed', 'error', 'cancelled')
+  AND lease_expires_at < now()
+RETURNING *;
