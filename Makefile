@@ -37,6 +37,7 @@ bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python loadtests/bench_overhead.py
 	HF_HUB_OFFLINE=1 $(BIN)/python loadtests/bench_events.py
 	HF_HUB_OFFLINE=1 $(BIN)/python loadtests/bench_models.py
+	$(BIN)/python loadtests/bench_accounts.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

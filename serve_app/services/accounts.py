@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 _USERNAME = re.compile(r"^[a-zA-Z0-9_]+$")
 # Enfugue's token lifetime (pibble's default `expires`).
 DEFAULT_SESSION_TTL = timedelta(hours=730)
+# How stale a token's `last_used_at` may get before a request refreshes it.
+TOUCH_INTERVAL = timedelta(minutes=1)
 INCORRECT_LOGIN = "Incorrect username or password."
 
 
@@ -183,7 +185,10 @@ class AccountService:
         if record.expires_at is not None and record.expires_at <= now:
             await self._store.delete_token(token_hash(token))
             return None
-        await self._store.touch_token(record.id, now)
+        # `last_used_at` is for people reading a key list, not an audit log: writing it on every request would
+        # turn each authenticated read into a write (measured: 2.6x the latency of the route with auth off).
+        if record.last_used_at is None or now - record.last_used_at >= TOUCH_INTERVAL:
+            await self._store.touch_token(record.id, now)
         return Identity(username=user.username, admin=user.admin, user_id=user.id)
 
     # API keys

@@ -10,7 +10,7 @@ from argon2 import PasswordHasher
 
 from serve_app.domain.accounts import Identity
 from serve_app.domain.errors import InvalidRequest, NotFound, Unauthorized
-from serve_app.services.accounts import AccountService
+from serve_app.services.accounts import TOUCH_INTERVAL, AccountService
 from serve_app.storage.account_repository import PgAccountStore
 from serve_app.storage.passwords import Argon2Hasher
 
@@ -93,6 +93,19 @@ async def test_failed_logins_are_unauthorized(accounts, pool, username, password
         await accounts.login(username, password)
     assert raised.value.message == message
     assert await pool.fetchval("SELECT count(*) FROM auth_tokens") == 0
+
+
+async def test_last_used_is_refreshed_at_most_once_a_minute(accounts, pool, clock):
+    await accounts.create_user("alice", "pw", "pw")
+    issued = await accounts.login("alice", "pw")
+    await accounts.authenticate(issued.token)
+    first = clock.now
+    clock.now += TOUCH_INTERVAL - timedelta(seconds=1)
+    await accounts.authenticate(issued.token)
+    assert await pool.fetchval("SELECT last_used_at FROM auth_tokens") == first
+    clock.now += timedelta(seconds=1)
+    await accounts.authenticate(issued.token)
+    assert await pool.fetchval("SELECT last_used_at FROM auth_tokens") == clock.now
 
 
 async def test_authenticate_until_expiry_then_forget_the_token(accounts, pool, clock):
