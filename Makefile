@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	# spandrel without torchvision (pyproject.toml, extra `upscale`, says why).
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt spandrel einops
 	touch $(STAMP)
 
 run: install

@@ -13,7 +13,9 @@ from serve_app.api.enfugue.models import router as enfugue_models_router
 from serve_app.api.enfugue.routes import router as enfugue_router
 from serve_app.api.enfugue.settings import router as enfugue_settings_router
 from serve_app.api.enfugue.users import router as enfugue_users_router
+from serve_app.api.enfugue.users import self_router as enfugue_self_router
 from serve_app.api.errors import install_error_handlers
+from serve_app.api.input_guard import reject_unstorable
 from serve_app.api.invokeai.auth import router as invokeai_auth_router
 from serve_app.api.invokeai.boards import board_images_router as invokeai_board_images_router
 from serve_app.api.invokeai.boards import boards_router as invokeai_boards_router
@@ -38,7 +40,8 @@ def create_app(context: ApiContext, *, max_body_bytes: int = 32 * 1024 * 1024) -
         docs_url="/docs",
         openapi_url="/openapi.json",
         # With auth on, every route but login and result files needs a token (api/auth.py); a no-op otherwise.
-        dependencies=[Depends(authenticated)],
+        # Then values the database cannot hold (NUL, integers past 64 bits) are a 400 (api/input_guard.py).
+        dependencies=[Depends(authenticated), Depends(reject_unstorable)],
     )
     app.state.context = context
     # `GET /api/logs`: the recent `serve_app` records of this process (so of this Ingress replica only).
@@ -70,6 +73,7 @@ def create_app(context: ApiContext, *, max_body_bytes: int = 32 * 1024 * 1024) -
     app.include_router(enfugue_settings_router)
     app.include_router(enfugue_history_router)
     app.include_router(enfugue_users_router)
+    app.include_router(enfugue_self_router)
     # Socket.IO at /ws/socket.io; its hub runs for the app's lifespan when context.events is set.
     install_socket(app, context)
     return app

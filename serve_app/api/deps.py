@@ -67,6 +67,12 @@ class ApiContext:
     # Enfugue's `/api/settings` (and the announcement snooze); 503 without it.
     settings: SettingsService | None = None
 
+    async def auth_active(self) -> bool:
+        """Whether requests need a token now: `auth` as last posted to `/api/settings` (shared by every replica
+        through the database, read through SettingsService's short cache), else `auth_enabled` (SERVE_APP_AUTH)."""
+        stored = None if self.settings is None else await self.settings.stored_auth()
+        return self.auth_enabled if stored is None else stored
+
 
 def get_context(request: Request) -> ApiContext:
     context = request.app.state.context
@@ -88,8 +94,9 @@ async def get_identity(request: Request) -> Identity:
     if isinstance(cached, Identity):  # The app-wide guard resolved it already.
         return cached
     context = get_context(request)
+    auth_enabled = await context.auth_active()
     identity = await resolve_identity(
-        request, auth_enabled=context.auth_enabled, accounts=context.accounts, default_owner=context.default_owner
+        request, auth_enabled=auth_enabled, accounts=context.accounts, default_owner=context.default_owner
     )
     request.state.identity = identity
     return identity

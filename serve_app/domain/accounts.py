@@ -115,6 +115,10 @@ class AccountStore(Protocol):
 
     async def count_users(self) -> int: ...
 
+    async def count_admins(self) -> int:
+        """Admins who can log in (a non-empty password hash)."""
+        ...
+
     async def record_login(self, user_id: int, at: datetime) -> None: ...
 
     async def insert_token(
@@ -142,4 +146,8 @@ class AccountStore(Protocol):
 
     async def delete_token_by_id(self, user_id: int, token_id: int) -> bool:
         """Only one of this user's tokens."""
+        ...
+
+    async def delete_tokens(self, kind: TokenKind) -> int:
+        """Every user's tokens of one kind; how many were deleted."""
         ...

@@ -43,11 +43,13 @@ ENFUGUE_TO_INVOKEAI_SCHEDULER: dict[str, str] = {
 }  # fmt: skip
 
 
-# Enfugue's post-processing upscale (enfugue-api.md §5.2). The PIL filters run here; the model-based ones
-# (ESRGAN, GFPGAN) need a spandrel model, which this server cannot run yet, so they are refused at submit.
+# Enfugue's post-processing upscale (enfugue-api.md §5.2). The PIL filters run as they are; ESRGAN and its anime
+# variant run an installed spandrel model (`spandrel_image_to_image_autoscale`). GFPGAN (face restoration, which
+# needs face detection and alignment around the model) is refused at submit.
 PIL_UPSCALE_METHODS = ("lanczos", "bilinear", "bicubic", "nearest")
 MODEL_UPSCALE_METHODS = ("esrgan", "esrganime", "gfpgan")
-UpscaleMethod = Literal["lanczos", "bilinear", "bicubic", "nearest"]
+SPANDREL_UPSCALE_METHODS = ("esrgan", "esrganime")
+UpscaleMethod = Literal["lanczos", "bilinear", "bicubic", "nearest", "esrgan", "esrganime"]
 DEFAULT_UPSCALE_DIFFUSION_PROMPT = "highly detailed, ultra-detailed, intricate detail, high definition, HD, 4k, 8k UHD"
 
 
@@ -207,10 +209,22 @@ def enfugue_png_text(enfugue: dict[str, Any], position: int) -> dict[str, str]:
     state = own.pop("state", None)
     plan = {**own, **{key: {"width": own.get("width"), "height": own.get("height"), "mode": mode}
                       for key, mode in (("image", "RGB"), ("mask", "L")) if own.get(key) is not None}}  # fmt: skip
+    if own.get("nodes"):
+        plan["nodes"] = [_redacted_node(node) for node in own["nodes"]]
     text = {GENERATION_DATA_CHUNK: json.dumps(plan), SERVE_APP_CHUNK: json.dumps(own)}
     if state is not None:
         text[UI_STATE_CHUNK] = json.dumps(state)
     return text
+
+
+def _redacted_node(node: dict[str, Any]) -> dict[str, Any]:
+    """A canvas node of the plan with its images as their size (RegionNode's are fitted to w × h)."""
+    size = {"width": node.get("w"), "height": node.get("h")}
+    redacted = {**node, **{key: {**size, "mode": mode} for key, mode in (("image", "RGB"), ("mask", "L"))
+                           if node.get(key) is not None}}  # fmt: skip
+    if isinstance(node.get("control"), dict):
+        redacted["control"] = {**node["control"], "image": {**size, "mode": "RGB"}}
+    return redacted
 
 
 class Limits(BaseModel):
@@ -224,6 +238,8 @@ class Limits(BaseModel):
     max_steps: int = 150
     max_images_per_job: int = 16
     max_waiting_jobs: int = 256
+    # Enfugue's canvas regions: each is one or more diffusion passes per image.
+    max_nodes: int = 16
 
     def capped(self, request: GenerationRequest) -> GenerationRequest:
         """The request with each upscale pass's img2img steps at most `max_steps` (Enfugue's default of 100
@@ -269,6 +285,28 @@ class Limits(BaseModel):
             raise InvalidRequest(
                 f"`guidance_scale` must be between 0 and 100, got {request.guidance_scale}", field="guidance_scale"
             )
+        _check_nodes(request, self)
+
+
+def _check_nodes(request: GenerationRequest, limits: Limits) -> None:
+    """Each canvas region within the limits of an image and on the canvas (one wholly outside it would only
+    waste the work of making it)."""
+    assert request.width is not None and request.height is not None
+    if len(request.nodes) > limits.max_nodes:
+        raise InvalidRequest(f"At most {limits.max_nodes} nodes are supported, got {len(request.nodes)}",
+                             field="nodes")  # fmt: skip
+    for number, node in enumerate(request.nodes):
+        where = f"`nodes[{number}]`"
+        if node.w > limits.max_width or node.h > limits.max_height or node.w * node.h > limits.max_pixels:
+            raise InvalidRequest(f"{where} is {node.w}×{node.h}, over this server's limits (at most "
+                                 f"{limits.max_width}×{limits.max_height}, {limits.max_pixels} pixels)",
+                                 field="nodes")  # fmt: skip
+        if node.x >= request.width or node.y >= request.height or node.x + node.w <= 0 or node.y + node.h <= 0:
+            raise InvalidRequest(f"{where} lies outside the {request.width}×{request.height} canvas", field="nodes")
+        steps = request.steps if node.steps is None else node.steps
+        if not 1 <= steps <= limits.max_steps:
+            raise InvalidRequest(f"{where}: `inference_steps` must be between 1 and {limits.max_steps}, got {steps}",
+                                 field="nodes")  # fmt: skip
 
 
 def check_runnable(request: GenerationRequest) -> None:

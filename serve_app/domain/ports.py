@@ -53,6 +53,9 @@ class BusMessage(BaseModel):
     # Whose event it is (a queue item's or a bulk download's owner): with auth on only that user and admins
     # receive it; None: everyone in `room`.
     owner: str | None = None
+    # With `owner`: what the owner receives instead of `data` unless they are an admin (their own view, such as
+    # queue counts of their own items); None: the owner receives `data`, as the admins do.
+    owner_data: dict[str, Any] | None = None
 
 
 class NodeEvent(BaseModel):

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import StableDiffusionPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
 from serve_app.domain.errors import GenerationFailed
 from serve_app.domain.generation import GenerationRequest
@@ -50,10 +50,19 @@ _SDXL = Family(
     prompts=_sdxl_prompts,
 )
 
+# The SDXL refiner is an image-to-image model with OpenCLIP alone; graphs run its parts (sdxl_refiner_* nodes).
+_SDXL_REFINER = Family(
+    pipeline_class=StableDiffusionXLImg2ImgPipeline,
+    init_kwargs={"add_watermarker": False},
+    config_keys=("force_zeros_for_empty_prompt", "requires_aesthetics_score"),
+    prompts=_sdxl_prompts,
+)
+
 FAMILIES: Mapping[ModelFamily, Family] = {
     ModelFamily.SD1: _SD,
     ModelFamily.SD2: _SD,
     ModelFamily.SDXL: _SDXL,
+    ModelFamily.SDXL_REFINER: _SDXL_REFINER,
 }
 
 

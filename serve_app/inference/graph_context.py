@@ -141,6 +141,15 @@ class NodeContext:
             return None
         return spec
 
+    def cached_model(self, spec: ModelSpec, load: Callable[[torch.device, torch.dtype], Any]) -> Any:
+        """A whole standalone model no ModelComponents method builds (a spandrel upscaler) from the replica's
+        model cache, loaded by `load(device, dtype)` on a miss, and reported like every other model request."""
+        self._report_load(spec, None, "started")
+        value = self.cache.get(spec, None, device=self.device, dtype=self.dtype,
+                               load=lambda: load(self.device, self.dtype))  # fmt: skip
+        self._report_load(spec, None, "complete")
+        return value
+
     def _report_load(self, spec: ModelSpec, submodel: str | None, kind: Literal["started", "complete"]) -> None:
         self._emit(ModelLoadEvent(kind=kind, key=spec.key, submodel_type=submodel))
 

@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 SD_PARTS = ("text_encoder", "tokenizer", "unet", "scheduler", "vae")
 SDXL_PARTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "unet", "scheduler", "vae")
+# The refiner has no CLIP-L: it conditions on OpenCLIP (text_encoder_2) alone.
+SDXL_REFINER_PARTS = ("text_encoder_2", "tokenizer_2", "unet", "scheduler", "vae")
 # Parts without weights: they cost no memory, and a load estimate of them is 0.
 WEIGHTLESS_PARTS = frozenset({"tokenizer", "tokenizer_2", "scheduler"})
 # Only these libraries' classes may be named by a model folder's model_index.json.
@@ -48,7 +50,9 @@ def pick_device() -> tuple[torch.device, torch.dtype]:
 
 def main_parts(spec: ModelSpec) -> tuple[str, ...]:
     """The parts of a main model that generation uses, in InvokeAI's submodel names."""
-    return SDXL_PARTS if spec.family in (ModelFamily.SDXL, ModelFamily.SDXL_REFINER) else SD_PARTS
+    if spec.family is ModelFamily.SDXL_REFINER:
+        return SDXL_REFINER_PARTS
+    return SDXL_PARTS if spec.family is ModelFamily.SDXL else SD_PARTS
 
 
 def load_pipeline(spec: ModelSpec, *, device: torch.device | str, dtype: torch.dtype) -> Any:
@@ -125,6 +129,30 @@ def _variant(folder: Path) -> str | None:
     if weights and all(".fp16." in name for name in weights):
         return "fp16"
     return None
+
+
+def load_controlnet(spec: ModelSpec, *, device: torch.device, dtype: torch.dtype) -> Any:
+    """ControlNet model `spec` (type controlnet), whole, onto `device` in `dtype`: a diffusers folder, or a single
+    file with a local `config_path` (without one diffusers would fetch a config from the hub, so it is refused)."""
+    from diffusers import ControlNetModel
+
+    try:
+        if spec.format is ModelFormat.DIFFUSERS:
+            variant = _variant(Path(spec.path))
+            model = ControlNetModel.from_pretrained(spec.path, dtype=dtype, variant=variant)  # type: ignore[no-untyped-call]
+        elif spec.config_path is not None:
+            model = ControlNetModel.from_single_file(
+                spec.path, config=spec.config_path, local_files_only=True, torch_dtype=dtype
+            )
+        else:
+            raise ValueError("a single-file ControlNet needs a config folder; install it as a diffusers folder")
+    except (OSError, ValueError, KeyError) as exc:
+        raise GenerationFailed(f"Could not load ControlNet {spec.name}: {exc}", error_type="ModelLoadError") from exc
+    model.to(device)
+    model.eval()
+    _use_sdpa_on(model)
+    logger.info("Loaded ControlNet %s on %s as %s", spec.name, device, dtype)
+    return model
 
 
 def estimate_bytes(spec: ModelSpec, submodel: str | None) -> int:

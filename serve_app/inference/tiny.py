@@ -15,7 +15,9 @@ from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
     EulerDiscreteScheduler,
+    StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
@@ -139,6 +141,64 @@ def build_tiny_sdxl(seed: int = 0) -> Any:
     return pipe
 
 
+def build_tiny_sdxl_refiner(seed: int = 0) -> Any:
+    """An SDXL-refiner-shaped pipeline: OpenCLIP-style `text_encoder_2` only (no CLIP-L), a UNet whose added
+    embedding takes five time ids (original size, crop, aesthetic score) plus the pooled text embedding, the
+    SDXL VAE scaling, `requires_aesthetics_score`, as stabilityai/stable-diffusion-xl-refiner-1.0."""
+    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tokenizer_2 = _tokenizer()
+        text_encoder_2 = CLIPTextModelWithProjection(_clip_config(tokenizer_2, hidden=64, act="gelu", projection=32))
+        time_dim = 8
+        unet = UNet2DConditionModel(  # type: ignore[no-untyped-call]
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=2,
+            block_out_channels=(32, 64),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2),
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            # The refiner attends to OpenCLIP's hidden states alone.
+            cross_attention_dim=64,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=time_dim,
+            # Five numbers (original h, w, crop top, left, aesthetic score), each embedded, plus the pooled text.
+            projection_class_embeddings_input_dim=5 * time_dim + 32,
+        )
+        vae = _vae(scaling_factor=0.13025)
+        scheduler = EulerDiscreteScheduler.from_config(_SDXL_SCHEDULER)  # type: ignore[no-untyped-call]
+        pipe: Any = StableDiffusionXLImg2ImgPipeline(  # type: ignore[no-untyped-call]
+            vae=vae,
+            text_encoder=None,
+            text_encoder_2=text_encoder_2,
+            tokenizer=None,
+            tokenizer_2=tokenizer_2,
+            unet=unet,
+            scheduler=scheduler,
+            requires_aesthetics_score=True,
+            force_zeros_for_empty_prompt=False,
+            add_watermarker=False,
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_tiny_sd15_inpaint(seed: int = 0) -> Any:
+    """The tiny SD 1.5 pipeline as an inpainting model: its UNet takes 9 channels (latents + mask + masked-image
+    latents), with its own random weights (drawn from `seed` after the rest of the pipeline)."""
+    pipe = build_tiny_sd15(seed)
+    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel.from_config({**pipe.unet.config, "in_channels": 9})  # type: ignore[no-untyped-call]
+    components = {**pipe.components, "unet": unet}
+    inpaint: Any = StableDiffusionInpaintPipeline(**components, requires_safety_checker=False)  # type: ignore[no-untyped-call]
+    inpaint.set_progress_bar_config(disable=True)
+    return inpaint
+
+
 def save_diffusers(pipe: Any, folder: Path) -> Path:
     """Write `pipe` as a diffusers folder with safetensors weights."""
     pipe.save_pretrained(folder, safe_serialization=True)
@@ -149,7 +209,10 @@ def save_single_file(pipe: Any, path: Path) -> Path:
     """Write one LDM-layout `.safetensors` checkpoint plus its `<stem>.config/` folder; return that folder."""
     state = with_prefix("model.diffusion_model.", unet_to_ldm(pipe.unet))
     state.update(with_prefix("first_stage_model.", vae_to_ldm(pipe.vae)))
-    if "text_encoder_2" in pipe.components:
+    if "text_encoder_2" in pipe.components and pipe.components.get("text_encoder") is None:
+        # The SDXL refiner: OpenCLIP alone, as the first (and only) embedder.
+        state.update(with_prefix("conditioner.embedders.0.model.", open_clip_to_ldm(pipe.text_encoder_2)))
+    elif "text_encoder_2" in pipe.components:
         state.update(with_prefix("conditioner.embedders.0.transformer.", clip_to_ldm(pipe.text_encoder)))
         state.update(with_prefix("conditioner.embedders.1.model.", open_clip_to_ldm(pipe.text_encoder_2)))
     else:
@@ -302,3 +365,60 @@ def _vae(*, scaling_factor: float) -> Any:
         sample_size=64,
         scaling_factor=scaling_factor,
     )
+
+
+def build_tiny_controlnet(unet: Any, *, seed: int = 0) -> Any:
+    """A ControlNet for a tiny UNet (SD 1.5 or SDXL): `ControlNetModel.from_unet`, its encoder copied from the
+    UNet as in real training, its zero-initialised output convolutions given small random weights (a fresh
+    ControlNet adds exactly nothing) and a control-image encoder strong enough that different control images
+    give clearly different residuals."""
+    from diffusers import ControlNetModel
+
+    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32, 32))
+        embedding = controlnet.controlnet_cond_embedding
+        with torch.no_grad():
+            for conv in (*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block):
+                conv.weight.normal_(0.0, 0.05)
+                conv.bias.normal_(0.0, 0.05)
+            # Variance-preserving weights and no biases in the image encoder: with torch's default init the
+            # image's signal fades over its 8 layers and the biases alone would reach the UNet.
+            for conv in (embedding.conv_in, *embedding.blocks, embedding.conv_out):
+                torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+                conv.bias.zero_()
+            embedding.conv_out.weight.mul_(10.0)  # about as strong as the latents it is added to
+    return controlnet
+
+
+def build_tiny_esrgan(path: Path, *, scale: int = 2, features: int = 8, blocks: int = 1, seed: int = 0) -> Path:
+    """Write a Real-ESRGAN-layout RRDBNet (`conv_first`, `body.<i>.rdb<j>.conv<k>`, `conv_body`, `conv_up1/2`,
+    `conv_hr`, `conv_last`) with `features` channels and `blocks` RRDB blocks, as `.safetensors` or, for a
+    `.pth` path, a torch pickle of the state dict. Scale 4 takes RGB; scale 2 (and 1) take the pixel-unshuffled
+    image (12 or 48 channels), as RealESRGAN_x2plus does. Output biases sit at mid-grey, so even random weights
+    give an image that is neither black nor white."""
+    grow = 32  # Real-ESRGAN's growth channels; spandrel assumes them
+    unshuffle = {4: 1, 2: 2, 1: 4}[scale]
+    generator = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+
+    def conv(name: str, inputs: int, outputs: int, bias: float = 0.0) -> None:
+        std = (2.0 / (inputs * 9)) ** 0.5  # Kaiming: the signal keeps its size through the layers
+        state[f"{name}.weight"] = torch.randn(outputs, inputs, 3, 3, generator=generator) * std
+        state[f"{name}.bias"] = torch.full((outputs,), bias)
+
+    conv("conv_first", 3 * unshuffle**2, features)
+    for block in range(blocks):
+        for rdb in (1, 2, 3):
+            for index in range(1, 5):
+                conv(f"body.{block}.rdb{rdb}.conv{index}", features + (index - 1) * grow, grow)
+            conv(f"body.{block}.rdb{rdb}.conv5", features + 4 * grow, features)
+    for name in ("conv_body", "conv_up1", "conv_up2", "conv_hr"):
+        conv(name, features, features)
+    conv("conv_last", features, 3, bias=0.5)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".pth":
+        torch.save({"params_ema": state}, path)
+    else:
+        save_file(state, str(path))
+    return path

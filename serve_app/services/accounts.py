@@ -147,6 +147,24 @@ class AccountService:
             log.info("created the first administrator %r", username)
         return user
 
+    # Authentication switched at runtime (`auth` through `/api/settings`)
+
+    async def check_can_enable_auth(self) -> None:
+        """InvalidRequest unless some admin can log in: turning auth on without one would lock everybody out."""
+        if await self._store.count_admins() == 0:
+            raise InvalidRequest(
+                "Authentication needs an administrator with a password: create one before turning it on.",
+                field="auth",
+            )
+
+    async def revoke_sessions(self) -> int:
+        """Delete every login session (as Enfugue does whenever `auth` is posted: everyone logs in again). API
+        keys stay: they are credentials their owners created on purpose for scripts, which would otherwise break
+        silently; revoke one by its id."""
+        count = await self._store.delete_tokens("session")
+        log.info("authentication setting changed: revoked %d login sessions", count)
+        return count
+
     # Sessions
 
     async def login(self, username: str | None, password: str | None) -> IssuedToken:

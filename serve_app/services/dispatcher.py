@@ -34,7 +34,7 @@ from serve_app.domain.ports import (
     ObjectStore,
 )
 from serve_app.services import invokeai_events
-from serve_app.services.enfugue_intermediates import IntermediatePreviews
+from serve_app.services.enfugue_intermediates import IntermediatePreviews, PreviewInterval
 from serve_app.services.model_snapshot import ModelSnapshots, Snapshot
 
 log = logging.getLogger(__name__)
@@ -69,9 +69,11 @@ class Dispatcher:
         events: EventBus | None = None,
         snapshots: ModelSnapshots | None = None,
         config: DispatcherConfig = DispatcherConfig(),
+        preview_interval: PreviewInterval | None = None,
     ) -> None:
         """`snapshots` resolves each job's models from the registry before it is executed (without it jobs go
-        out as claimed, and replicas resolve models from their own catalog)."""
+        out as claimed, and replicas resolve models from their own catalog). `preview_interval` is the
+        `intermediate_steps` setting (Enfugue previews every 10 steps without it)."""
         self._repo = repo
         self._executor = executor
         self._store = store
@@ -79,7 +81,8 @@ class Dispatcher:
         self._events = events
         self._snapshots = snapshots
         self._config = config
-        self._previews = IntermediatePreviews(store)  # Enfugue's intermediate previews (its status object)
+        # Enfugue's intermediate previews (its status object)
+        self._previews = IntermediatePreviews(store, interval=preview_interval)
         self._in_flight: dict[uuid.UUID, _InFlight] = {}
         self._wake = asyncio.Event()
 

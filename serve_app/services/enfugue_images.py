@@ -27,6 +27,7 @@ from serve_app.domain.generation import GenerationRequest
 from serve_app.domain.images import image_key
 from serve_app.domain.imaging import DecodeLimits, decode_upload, encode_png
 from serve_app.domain.ports import ObjectStore
+from serve_app.services.enfugue_control import ControlImage, check_control, control_input
 
 Fit = Literal["actual", "stretch", "cover", "contain"]
 FITS: tuple[str, ...] = ("actual", "stretch", "cover", "contain")
@@ -55,6 +56,10 @@ class ImageInputs:
     fit: str | None = None
     anchor: str | None = None
     invert_mask: bool = False
+    # Enfugue's canvas `nodes` as sent (services/enfugue_region_inputs.py); with them, image and mask are ignored.
+    nodes: list[Any] | None = None
+    # `control_image` and its ControlNet keys (services/enfugue_control.py), single-step only.
+    control: ControlImage | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,10 @@ def input_keys(request: dict[str, Any]) -> list[str]:
     """The keys of a stored job's inline inputs (its `request`, as stored), to delete them with it."""
     enfugue = request.get("enfugue")
     names = [enfugue.get(key) for key in ("image", "mask")] if isinstance(enfugue, dict) else []
+    nodes = enfugue.get("nodes") if isinstance(enfugue, dict) else None
+    names += [node.get(key) for node in nodes or [] if isinstance(node, dict) for key in ("image", "mask")]
+    control = enfugue.get("control") if isinstance(enfugue, dict) else None
+    names += [control.get("image")] if isinstance(control, dict) else []
     return [image_key(name) for name in names if isinstance(name, str)]
 
 
@@ -139,10 +148,16 @@ async def prepare_inputs(
     """Decode, check and fit the inline images, store them, and name them in the request. Nothing is stored
     unless every image decodes and the canvas is valid; without images the request is returned unchanged."""
     limits = limits or InputLimits()
+    if inputs.nodes:
+        # Imported here: that module builds on this one's decoding and fitting.
+        from serve_app.services.enfugue_region_inputs import prepare_nodes
+
+        return await prepare_nodes(request, inputs, store, limits)
     if inputs.mask is not None and inputs.image is None:
         raise InvalidRequest("`mask` needs an `image` to inpaint", field="mask")
+    check_control(inputs.control)
     if inputs.image is None:
-        return PreparedInputs(request, [])
+        return await _with_control(PreparedInputs(request, []), inputs, store, limits)
     # Decoding and resampling take CPU time: off the event loop.
     width, height, image, mask = await asyncio.to_thread(_pictures, request, inputs, limits)
     stem = uuid.uuid4().hex
@@ -157,7 +172,46 @@ async def prepare_inputs(
         raise
     names = {"image": f"{stem}_input.png", "mask": None if mask is None else f"{stem}_mask.png"}
     updated = request.model_copy(update={**names, "width": width, "height": height})
-    return PreparedInputs(updated, keys)
+    return await _with_control(PreparedInputs(updated, keys), inputs, store, limits)
+
+
+async def _with_control(
+    prepared: PreparedInputs, inputs: ImageInputs, store: ObjectStore, limits: InputLimits
+) -> PreparedInputs:
+    """`prepared` plus the control image, fitted to the canvas like `image` (which sets the canvas when given)
+    and stored as `<hex>_control.png`; the earlier inputs are deleted again if this fails."""
+    if inputs.control is None:
+        return prepared
+    name = f"{uuid.uuid4().hex}_control.png"
+    keys = [*prepared.keys, image_key(name)]
+    try:
+        width, height, png = await asyncio.to_thread(_control_picture, prepared.request, inputs.control.image,
+                                                     inputs, limits)  # fmt: skip
+        await store.put(keys[-1], png, "image/png")
+    except BaseException:
+        await store.delete(keys)
+        raise
+    update = {"control": control_input(inputs.control, name), "width": width, "height": height}
+    return PreparedInputs(prepared.request.model_copy(update=update), keys)
+
+
+def _control_picture(
+    request: GenerationRequest, data_url: str, inputs: ImageInputs, limits: InputLimits
+) -> tuple[int, int, bytes]:
+    """(width, height, PNG) of the control image on the canvas; without a canvas size its own sets it."""
+    image = decode_data_url(data_url, "control_image", limits)
+    width = request.width or -(-image.width // 8) * 8
+    height = request.height or -(-image.height // 8) * 8
+    for name, value in (("width", width), ("height", height)):
+        if value < 8 or value % 8:
+            raise InvalidRequest(f"`{name}` must be a positive multiple of 8, got {value}", field=name)
+    if width * height > limits.max_canvas_pixels:
+        raise InvalidRequest(f"`width` × `height` must be at most {limits.max_canvas_pixels} pixels", field="width")
+    fitted = fit_image(image, width, height, inputs.fit, inputs.anchor)
+    # Where the fitted image leaves the canvas empty there is nothing to follow: black (no edges, no detail).
+    flat = Image.new("RGB", fitted.size, (0, 0, 0))
+    flat.paste(fitted, (0, 0), fitted.getchannel("A"))
+    return width, height, encode_png(flat, {})
 
 
 def _pictures(

@@ -1,6 +1,8 @@
 """Enfugue's post-processing upscale (enfugue-api.md §5.2) as passes, and as graph nodes after each sample.
 
-Each pass resizes the previous image (`img_resize`, PIL's filter) to `scale` × the generated size; with
+Each pass resizes the previous image to `scale` × the generated size: `img_resize` with PIL's filter, or for
+`esrgan`/`esrganime` `spandrel_image_to_image_autoscale` with the installed model resolved at submit
+(services/enfugue_esrgan.py), which runs the model as often as needed and then resizes to exactly that size; with
 `upscale_diffusion` it then re-diffuses the result (i2l → denoise from `1 - strength` → l2i), as Enfugue's
 "Re-diffusing Upscaled Sample". Enfugue diffuses large images in chunks; the engine diffuses the whole image at
 once, so the `upscale_diffusion_*chunking*` keys are accepted and ignored, as is `upscale_pipeline` (no refiner
@@ -9,7 +11,7 @@ runs here) and `upscale_diffusion_controlnet` (no controlnet yet).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -18,6 +20,7 @@ from serve_app.domain.generation import (
     DEFAULT_UPSCALE_DIFFUSION_PROMPT,
     MODEL_UPSCALE_METHODS,
     PIL_UPSCALE_METHODS,
+    SPANDREL_UPSCALE_METHODS,
     UpscalePass,
 )
 from serve_app.domain.graph.invocations import SEED_MAX
@@ -50,10 +53,13 @@ def pass_scales(outscale: int, iterative: bool) -> list[int]:
 
 
 def check_method(method: Any) -> str:
-    if method in MODEL_UPSCALE_METHODS:
-        # Refused before anything is stored: running them needs a spandrel model node, which this server lacks.
-        raise InvalidRequest(f"No upscaling model installed for {method}", field="upscale")
-    if method not in PIL_UPSCALE_METHODS:
+    if method in MODEL_UPSCALE_METHODS and method not in SPANDREL_UPSCALE_METHODS:
+        # Refused before anything is stored: Enfugue's GFPGAN finds, aligns and restores faces around the model,
+        # none of which this server does.
+        raise InvalidRequest(f"No upscaling model installed for {method}: this server does not run GFPGAN face "
+                             f"restoration; use esrgan, esrganime or {', '.join(PIL_UPSCALE_METHODS)}",
+                             field="upscale")  # fmt: skip
+    if method not in PIL_UPSCALE_METHODS and method not in SPANDREL_UPSCALE_METHODS:
         allowed = ", ".join((*MODEL_UPSCALE_METHODS, *PIL_UPSCALE_METHODS))
         raise InvalidRequest(f"Unknown upscale method {method!r}; expected one of {allowed}", field="upscale")
     return str(method)
@@ -108,7 +114,8 @@ EdgeFn = Callable[[str, str, str, str], None]
 @dataclass
 class UpscaleBuilder:
     """Adds the upscale passes after a sample's decoded image, with the generation graph's `node`/`edge`
-    helpers and the handles its denoise uses (the last LoRA's `unet`/`clip`/`clip2`, the decoder's `vae`)."""
+    helpers and the handles its denoise uses (the last LoRA's `unet`/`clip`/`clip2`, the decoder's `vae`);
+    `upscalers` holds the spandrel model (its ModelIdentifierField) per model-based method the passes use."""
 
     node: NodeFn
     edge: EdgeFn
@@ -119,19 +126,29 @@ class UpscaleBuilder:
     sources: dict[str, str]
     decoder: str
     sdxl: bool
+    upscalers: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     _prompts: set[int] = field(default_factory=set)
 
     def add(self, decoded: str, *, index: int, seed: int, output: str, metadata: str) -> str:
         """Chains the passes after `decoded` (an intermediate image node); the last node gets the id `output`,
         is saved to the gallery and carries the metadata. Returns its id."""
         image = decoded
+        previous = 1
         for number, step in enumerate(self.passes):
             last = number == len(self.passes) - 1
             width, height = self.width * step.scale, self.height * step.scale
             final = last and step.steps is None
-            resized = self.node(output if final else f"upscale_{index}_{number}", "img_resize",
-                                is_intermediate=not final, width=width, height=height,
-                                resample_mode=step.method)  # fmt: skip
+            node_id = output if final else f"upscale_{index}_{number}"
+            if step.method in SPANDREL_UPSCALE_METHODS:
+                # The scale counts from this pass's input; previous is a power of two (or 1), so the node's
+                # `int(size * scale)` is exactly width × height.
+                resized = self.node(node_id, "spandrel_image_to_image_autoscale", is_intermediate=not final,
+                                    image_to_image_model=self._upscaler(step.method),
+                                    scale=step.scale / previous)  # fmt: skip
+            else:
+                resized = self.node(node_id, "img_resize", is_intermediate=not final, width=width, height=height,
+                                    resample_mode=step.method)  # fmt: skip
+            previous = step.scale
             self.edge(image, "image", resized, "image")
             image = resized
             if step.steps is not None:
@@ -139,6 +156,12 @@ class UpscaleBuilder:
                                         output=output if last else None)  # fmt: skip
         self.edge(metadata, "metadata", image, "metadata")
         return image
+
+    def _upscaler(self, method: str) -> dict[str, Any]:
+        model = self.upscalers.get(method)
+        if model is None:
+            raise InvalidRequest(f"No upscaling model installed for {method}", field="upscale")
+        return model
 
     def _rediffuse(self, step: UpscalePass, number: int, image: str, *, index: int, seed: int, width: int,
                    height: int, output: str | None) -> str:  # fmt: skip

@@ -19,6 +19,9 @@ from serve_app.domain.generation import ENFUGUE_TO_INVOKEAI_SCHEDULER, Generatio
 from serve_app.domain.graph.graph import Graph
 from serve_app.domain.graph.invocations import SEED_MAX
 from serve_app.domain.models import ModelFamily, ModelSpec
+from serve_app.services.enfugue_control import control_node, single_control
+from serve_app.services.enfugue_refiner import add_refiner_and_inpainter
+from serve_app.services.enfugue_regions import RegionGraph, drop_nodes, paste_back, prompt_nodes
 from serve_app.services.enfugue_upscale import EdgeFn, NodeFn, UpscaleBuilder
 
 # Enfugue's default strengths (diffusion/plan.py): img2img 0.8; an inpaint repaints its area fully.
@@ -119,17 +122,8 @@ def generation_graph(
             edge(source, handle, patched, handle)
         sources = dict.fromkeys(sources, patched)
     decoder = node("vae", "vae_loader", vae_model=vae.identifier()) if vae is not None else loader
-    prompts = {"positive": (request.prompt, request.prompt_2), "negative": (request.negative_prompt,
-               request.negative_prompt_2)}  # fmt: skip
-    for name, (text, text_2) in prompts.items():
-        if sdxl:
-            size = {"original_width": request.width, "original_height": request.height,
-                    "target_width": request.width, "target_height": request.height}  # fmt: skip
-            node(name, "sdxl_compel_prompt", prompt=text, style=text_2 or text, **size)
-            edge(sources["clip2"], "clip2", name, "clip2")
-        else:
-            node(name, "compel", prompt=text)
-        edge(sources["clip"], "clip", name, "clip")
+    prompt_nodes(node, edge, sources, sdxl, ("positive", "negative"), (request.prompt, request.prompt_2),
+                 (request.negative_prompt, request.negative_prompt_2), request.width, request.height)  # fmt: skip
     scheduler = ENFUGUE_TO_INVOKEAI_SCHEDULER.get(request.scheduler or "", DEFAULT_SCHEDULER)
     metadata = node(
         "metadata",
@@ -155,7 +149,14 @@ def generation_graph(
     upscale = None
     if request.upscale:
         upscale = UpscaleBuilder(node, edge, request.upscale, request.width, request.height, scheduler, sources,
-                                 decoder, sdxl)  # fmt: skip
+                                 decoder, sdxl, upscalers={method: model.identifier() for method, model
+                                                           in extras.upscalers.items()})  # fmt: skip
+    if request.nodes:
+        # Enfugue's canvas regions (services/enfugue_regions.py), each with its own prompts.
+        RegionGraph(node, edge, request, scheduler, sources, decoder, sdxl, extras.controlnets,
+                    control_node=control_node).build(metadata, upscale)  # fmt: skip
+        drop_nodes(nodes, edges, ("positive", "negative"))
+        return _validated(nodes, edges, request)
     strength = strength_of(request) if request.image is not None else 1.0
     if request.image is not None and strength == 0:
         _pass_through(request, request.image, node, edge, metadata, upscale)
@@ -166,14 +167,16 @@ def generation_graph(
     if request.mask is not None:
         node("mask", "create_denoise_mask", image={"image_name": request.image}, mask={"image_name": request.mask})
         edge(decoder, "vae", "mask", "vae")
+    # Single-step ControlNet (services/enfugue_control.py): one controlnet node feeds every sample's denoise.
+    control = single_control(node, edge, request, extras.controlnets)
     for index in range(request.num_images):
         noise = node(f"noise_{index}", "noise", seed=(request.seed + index) % (SEED_MAX + 1),
                      width=request.width, height=request.height)  # fmt: skip
         denoise = node(f"denoise_{index}", "denoise_latents", steps=request.steps,
                        cfg_scale=request.guidance_scale, scheduler=scheduler,
                        denoising_start=1.0 - strength)  # fmt: skip
-        output = node(f"output_{index}" if upscale is None else f"decoded_{index}", "l2i",
-                      is_intermediate=upscale is not None)  # fmt: skip
+        final = upscale is None and request.mask is None
+        output = node(f"output_{index}" if final else f"decoded_{index}", "l2i", is_intermediate=not final)
         edge(sources["unet"], "unet", denoise, "unet")
         edge("positive", "conditioning", denoise, "positive_conditioning")
         edge("negative", "conditioning", denoise, "negative_conditioning")
@@ -182,12 +185,18 @@ def generation_graph(
             edge("input", "latents", denoise, "latents")
         if request.mask is not None:
             edge("mask", "denoise_mask", denoise, "denoise_mask")
+        if control is not None:
+            edge(control, "control", denoise, "control")
         edge(denoise, "latents", output, "latents")
         edge(decoder, "vae", output, "vae")
+        # An inpaint changes only the repainted area: the decoded image pasted onto the input through the mask.
+        output = paste_back(node, edge, output, request.image, request.mask, upscale is None, index)
         if upscale is None:
             edge(metadata, "metadata", output, "metadata")
         else:
             upscale.add(output, index=index, seed=request.seed + index, output=f"output_{index}", metadata=metadata)
+    # The inpainting model's UNet for the inpaint, the SDXL refiner's for the end of the schedule.
+    add_refiner_and_inpainter(nodes, edges, request, extras)
     return _validated(nodes, edges, request)
 
 

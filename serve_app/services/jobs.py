@@ -18,6 +18,7 @@ from serve_app.domain.ports import (
     PresetStore,
     SettingsReader,
 )
+from serve_app.services.enfugue_control import ControlNetSettings
 from serve_app.services.generation_graphs import generation_graph
 from serve_app.services.model_resolution import ModelResolver
 from serve_app.services.session_queue import graph_request
@@ -75,13 +76,17 @@ class JobService:
         registry: ModelRegistry | None = None,
         presets: PresetStore | None = None,
         settings: SettingsReader | None = None,
+        controlnet_settings: ControlNetSettings | None = None,
     ) -> None:
         """Models are looked up in `registry` and then the `catalog` (the models folder), or the catalog only
         without a registry; `model` may name one of the `presets` (Enfugue's `/api/models`). A waiting-job
-        limit set in `settings` (Enfugue's `max_queued_invocations`) replaces `limits.max_waiting_jobs`."""
+        limit set in `settings` (Enfugue's `max_queued_invocations`) replaces `limits.max_waiting_jobs`;
+        `controlnet_settings` (the same `/api/settings`) map Enfugue's controlnet names to repos."""
         self._repo = repo
         self._catalog = catalog
-        self._resolver = ModelResolver(catalog=catalog, registry=registry, presets=presets)
+        self._resolver = ModelResolver(
+            catalog=catalog, registry=registry, presets=presets, settings=controlnet_settings
+        )
         self._store = store
         self._limits = limits
         self._max_attempts = max_attempts

@@ -24,7 +24,17 @@ from serve_app.domain.generation import ENFUGUE_TO_INVOKEAI_SCHEDULER, Generatio
 from serve_app.domain.models import ModelFamily, ModelRecord, ModelSpec, ModelType
 from serve_app.domain.ports import ModelCatalog, ModelRegistry, PresetStore
 from serve_app.domain.presets import ModelPreset, WeightedModel
+from serve_app.services.enfugue_control import (
+    ControlNetSettings,
+    controlnet_repo,
+    is_controlnet_for,
+    missing_controlnet,
+    used_controlnets,
+)
+from serve_app.services.enfugue_esrgan import resolve_upscalers
+from serve_app.services.enfugue_refiner import PRESET_MODEL_FIELDS, REFINER_CONFIG_FIELDS, resolve_refiner_and_inpainter
 from serve_app.services.generation_graphs import GraphExtras, GraphModel
+from serve_app.services.preset_upscale import preset_upscale_passes
 
 # Enfugue's short VAE names and the Hugging Face repos they stand for (diffusion/manager.py). This server
 # downloads nothing at invoke time: the repo must have been installed (its source is the repo id).
@@ -106,12 +116,19 @@ class Resolution:
 
 class ModelResolver:
     def __init__(
-        self, *, catalog: ModelCatalog, registry: ModelRegistry | None = None, presets: PresetStore | None = None
+        self,
+        *,
+        catalog: ModelCatalog,
+        registry: ModelRegistry | None = None,
+        presets: PresetStore | None = None,
+        settings: ControlNetSettings | None = None,
     ) -> None:
-        """Without a registry, models come from the catalog only; without presets, every name is a model's."""
+        """Without a registry, models come from the catalog only; without presets, every name is a model's;
+        without `settings` (`/api/settings`), controlnet names map to Enfugue's default repos."""
         self._catalog = catalog
         self._registry = registry
         self._presets = presets
+        self._settings = settings
 
     async def resolve(self, request: GenerationRequest) -> Resolution:
         """Raise ModelNotFound (404) for an unknown preset, InvalidRequest (400) for any other unknown or
@@ -126,6 +143,11 @@ class ModelResolver:
                                   [(item, "lycoris") for item in request.lycoris], main)  # fmt: skip
         vae = await self._vae(request.vae, main) if request.vae else await self._default_vae(main_settings, main)
         embeddings = [await self._embedding(name, main) for name in request.inversion]
+        extras = await resolve_refiner_and_inpainter(GraphExtras(), request, main, find=self._find, vae=self._vae)
+        extras = dataclasses.replace(extras, controlnets=await self._controlnets(request, main))
+        # The spandrel model per `esrgan`/`esrganime` upscale pass (services/enfugue_esrgan.py).
+        upscalers = await resolve_upscalers(request, registry=self._registry, catalog=self._catalog)
+        extras = dataclasses.replace(extras, upscalers=upscalers)
         size = request.size or main.spec.native_size
         prompts = _with_model_prompts(request)
         prompts = activate_embeddings(prompts, [(model.spec.name, name) for model, name in
@@ -141,7 +163,28 @@ class ModelResolver:
                 **prompts,
             }
         )
-        return Resolution(request=resolved, main=main, loras=loras, vae=vae, embeddings=embeddings)
+        return Resolution(request=resolved, main=main, loras=loras, vae=vae, embeddings=embeddings, extras=extras)
+
+    async def _controlnets(self, request: GenerationRequest, main: GraphModel) -> dict[str, GraphModel]:
+        """The installed ControlNet per controlnet name the request uses (services/enfugue_control.py): the
+        registry's, else the catalog's, of the main model's base; 400 naming the repo to install when none is."""
+        names = used_controlnets(request)
+        if not names:
+            return {}
+        settings = await self._settings.get() if self._settings is not None else None
+        records = await self._registry.find(type=ModelType.CONTROLNET.value) if self._registry is not None else []
+        installed = [(GraphModel(record.spec(), record.hash), record.source) for record in records]
+        folder = [spec for spec in self._catalog.list() if spec.type is ModelType.CONTROLNET]
+        installed += [(GraphModel(spec), spec.path) for spec in folder]
+        found: dict[str, GraphModel] = {}
+        for name in names:
+            repo = controlnet_repo(name, main.spec.family, settings)
+            matches = [model for model, source in installed
+                       if is_controlnet_for(model, source, name, repo, main.spec.family)]  # fmt: skip
+            if not matches:
+                raise missing_controlnet(name, repo)
+            found[name] = self._prefer(matches, main)
+        return found
 
     async def _main(self, request: GenerationRequest) -> tuple[GenerationRequest, GraphModel]:
         """The request (with its preset applied, if it names one) and its main model."""
@@ -303,17 +346,16 @@ def _usable(model: GraphModel, main: GraphModel, type_: ModelType, reference: st
 _LABELS = {ModelType.LORA: "LoRA", ModelType.VAE: "VAE", ModelType.EMBEDDING: "Inversion"}
 _FIELDS = {ModelType.LORA: "lora", ModelType.VAE: "vae", ModelType.EMBEDDING: "inversion"}
 
-# Request keys whose preset value holds whatever the request says (Enfugue pops them; refiner and inpainter
-# keys too, which this server does not run yet).
-PRESET_HOLDS = ("lora", "lycoris", "inversion", "vae", "size")
+# Request keys whose preset value holds whatever the request says (Enfugue pops them).
+PRESET_HOLDS = ("lora", "lycoris", "inversion", "vae", "size", *PRESET_MODEL_FIELDS)
 # A preset's default configuration keys that generation uses, as GenerationRequest fields; the other
 # MODEL_DEFAULT_FIELDS (chunking, refiner and upscale settings) are kept but have nothing to act on yet.
 CONFIG_FIELDS = {
     "width": "width", "height": "height", "num_inference_steps": "steps", "guidance_scale": "guidance_scale",
-    "prompt_2": "prompt_2", "negative_prompt_2": "negative_prompt_2",
+    "prompt_2": "prompt_2", "negative_prompt_2": "negative_prompt_2", **REFINER_CONFIG_FIELDS,
 }  # fmt: skip
 
-_ALWAYS_SET = frozenset({"steps", "guidance_scale"})
+_ALWAYS_SET = frozenset({"steps", "guidance_scale", *REFINER_CONFIG_FIELDS.values()})
 
 
 def apply_model_defaults(request: GenerationRequest, settings: Mapping[str, Any] | None) -> GenerationRequest:
@@ -339,7 +381,8 @@ def apply_model_defaults(request: GenerationRequest, settings: Mapping[str, Any]
 
 def apply_preset(request: GenerationRequest, preset: ModelPreset) -> GenerationRequest:
     """The request with a preset's values: its LoRAs, LyCORIS, inversions, VAE and size replace the request's;
-    its scheduler, default configuration and prompts fill in what the request leaves unset."""
+    its scheduler, default configuration (its upscale when the request has none) and prompts fill in what the
+    request leaves unset."""
     values: dict[str, Any] = request.model_dump()
     values.update(
         model=preset.checkpoint,
@@ -349,6 +392,7 @@ def apply_preset(request: GenerationRequest, preset: ModelPreset) -> GenerationR
         inversion=list(preset.inversion),
         vae=preset.vae,
         size=preset.size,
+        **{field: getattr(preset, field) for field in PRESET_MODEL_FIELDS},
     )
     defaults: dict[str, Any] = {field: preset.config[key] for key, field in CONFIG_FIELDS.items()
                                 if preset.config.get(key) is not None}  # fmt: skip
@@ -359,6 +403,8 @@ def apply_preset(request: GenerationRequest, preset: ModelPreset) -> GenerationR
         unset = field not in request.model_fields_set if field in _ALWAYS_SET else values.get(field) is None
         if unset:
             values[field] = value
+    if not request.upscale:  # the request's own upscale wins, whole
+        values["upscale"] = [step.model_dump() for step in preset_upscale_passes(preset.name, preset.config)]
     try:
         return GenerationRequest.model_validate(values)
     except ValidationError as exc:

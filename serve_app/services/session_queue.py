@@ -265,4 +265,9 @@ class StatusEvents:
         queue = await self._queue.status(job.queue_id)
         # The row may have moved on since the notification; report the status the notification carried.
         job = job.model_copy(update={"status": change.status})
-        return [invokeai_events.queue_item_status_changed(job, batch, queue)]
+        message = invokeai_events.queue_item_status_changed(job, batch, queue)
+        # Admins see the whole queue's counts; the owner, unless an admin, only their own items' counts, as
+        # `GET /queue/{id}/status` shows them (the batch is the owner's anyway).
+        own = await self._queue.status(job.queue_id, owner=job.owner)
+        owner_data = {**message.data, "queue_status": invokeai_events.queue_status_json(own)}
+        return [message.model_copy(update={"owner_data": owner_data})]

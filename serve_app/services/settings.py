@@ -2,8 +2,10 @@
 services that obey them.
 
 Unlike Enfugue 0.2.x (which wrote the queue limits to keys nothing read), the limits take effect: JobService
-and DownloadService read them through the SettingsReader port that this class implements. The other keys are
-stored and returned for clients and for later features (`auth` for accounts).
+and DownloadService read them through the SettingsReader port that this class implements. `auth` switches
+authentication on every replica (api/deps.py reads `stored_auth`; the deployment's SERVE_APP_AUTH is the default
+until it is posted), and `intermediate_steps` is how often the Queue replicas store a preview. The other keys are
+stored and returned for clients.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import Field, TypeAdapter, ValidationError
 
@@ -93,6 +95,16 @@ def validate(changes: Mapping[str, Any]) -> dict[str, Any]:
     return valid
 
 
+class AuthAccounts(Protocol):
+    """What posting `auth` needs from the accounts (services/accounts.py AccountService)."""
+
+    async def check_can_enable_auth(self) -> None:
+        """InvalidRequest when nobody could log in once authentication is on."""
+        ...
+
+    async def revoke_sessions(self) -> int: ...
+
+
 class SettingsService:
     """Server settings shared by every replica through `store`; reads are cached for `cache_s` seconds, so a
     change made on another replica applies within that time (at once on this one)."""
@@ -104,9 +116,12 @@ class SettingsService:
         defaults: Mapping[str, Any] | None = None,
         cache_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        accounts: AuthAccounts | None = None,
     ) -> None:
-        """`defaults` replaces Enfugue's default of some keys (the limits this deployment was configured with)."""
+        """`defaults` replaces Enfugue's default of some keys (the limits this deployment was configured with).
+        Without `accounts`, posting `auth: true` is refused (nobody could log in)."""
         self._store = store
+        self._accounts = accounts
         self._defaults = {**DEFAULTS, **(defaults or {})}
         self._cache_s = cache_s
         self._clock = clock
@@ -124,8 +139,15 @@ class SettingsService:
     async def update(self, changes: Mapping[str, Any]) -> dict[str, Any]:
         """Validate and store the known keys of `changes` (all or none); every setting back."""
         valid = validate(changes)
+        if valid.get("auth"):
+            if self._accounts is None:
+                raise InvalidRequest("Authentication needs accounts, which this server has none of.", field="auth")
+            await self._accounts.check_can_enable_auth()
         await self._store.set_many(valid)
         self._cached = None
+        if "auth" in valid and self._accounts is not None:
+            # As Enfugue: any POST naming `auth` (even unchanged) logs everyone out.
+            await self._accounts.revoke_sessions()
         return await self.get()
 
     async def snooze(self, version: str) -> None:
@@ -141,8 +163,20 @@ class SettingsService:
         return {key: stored[key] for key in SNOOZE_KEYS if key in stored}
 
     async def auth_enabled(self) -> bool:
-        """Whether `/api/settings` turned authentication on."""
+        """Whether authentication is on: as posted to `/api/settings`, else this service's default."""
         return bool((await self.get())["auth"])
+
+    async def stored_auth(self) -> bool | None:
+        """`auth` as posted to `/api/settings`; None when never posted (the deployment's setting applies)."""
+        value = (await self._stored()).get("auth")
+        return value if isinstance(value, bool) else None
+
+    async def intermediate_steps(self) -> int:
+        """Store a preview every this many steps (0: never); read by the Queue replicas for each job."""
+        value = (await self._stored()).get("intermediate_steps")
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        return int(self._defaults["intermediate_steps"])
 
     # SettingsReader: None unless set through `/api/settings`, so the configured limit applies.
 

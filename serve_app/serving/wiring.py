@@ -20,6 +20,7 @@ from serve_app.services.background import keep_leases
 from serve_app.services.boards import BoardService
 from serve_app.services.dispatcher import Dispatcher, DispatcherConfig
 from serve_app.services.downloads import DownloadService
+from serve_app.services.enfugue_intermediates import clean_previews_forever
 from serve_app.services.history import HistoryService
 from serve_app.services.images import ImageService
 from serve_app.services.jobs import JobGateway, JobService
@@ -46,7 +47,7 @@ from serve_app.storage.model_hash import hash_model, model_size
 from serve_app.storage.model_job_store import PgModelJobStore
 from serve_app.storage.model_probe import probe as probe_model
 from serve_app.storage.model_registry import PgCacheStats, PgModelRegistry, PgModelSettings
-from serve_app.storage.objects import make_object_store
+from serve_app.storage.objects import FileObjectStore, S3ObjectStore, make_object_store
 from serve_app.storage.passwords import Argon2Hasher
 from serve_app.storage.preset_repository import PgPresetStore
 from serve_app.storage.session_queue_repository import PgSessionQueue
@@ -62,6 +63,11 @@ MAX_QUEUED_DOWNLOADS = 10
 
 
 def build_store(args: StorageArgs) -> ObjectStore:
+    return build_listing_store(args)
+
+
+def build_listing_store(args: StorageArgs) -> FileObjectStore | S3ObjectStore:
+    """The store with what the port lacks: listing a folder (to delete old previews)."""
     return make_object_store(
         args.url,
         endpoint_url=args.endpoint_url,
@@ -100,6 +106,8 @@ async def queue_runtime(args: QueueArgs, executor: JobExecutor) -> AsyncIterator
     store = build_store(args.storage)
     repo = PgJobRepository(pool)
     registry = PgModelRegistry(pool)
+    # `max_queued_invocations` from `/api/settings` replaces limits.max_waiting_jobs once set.
+    settings = SettingsService(PgSettingsStore(pool), defaults={"max_queued_invocations": args.limits.max_waiting_jobs})
     service = JobService(
         repo=repo,
         catalog=build_catalog(args.models_dir, args.default_model),
@@ -108,10 +116,8 @@ async def queue_runtime(args: QueueArgs, executor: JobExecutor) -> AsyncIterator
         max_attempts=args.max_attempts,
         registry=registry,
         presets=PgPresetStore(pool),
-        # `max_queued_invocations` from `/api/settings` replaces limits.max_waiting_jobs once set.
-        settings=SettingsService(
-            PgSettingsStore(pool), defaults={"max_queued_invocations": args.limits.max_waiting_jobs}
-        ),
+        settings=settings,
+        controlnet_settings=settings,  # controlnet names → repos
     )
     dispatcher = Dispatcher(
         repo=repo,
@@ -123,6 +129,8 @@ async def queue_runtime(args: QueueArgs, executor: JobExecutor) -> AsyncIterator
         config=DispatcherConfig(
             max_in_flight=args.max_in_flight, lease_seconds=args.lease_seconds, poll_interval=args.poll_interval
         ),
+        # How often Enfugue previews are stored: the `intermediate_steps` setting.
+        preview_interval=settings.intermediate_steps,
     )
     task = asyncio.create_task(dispatcher.run(), name="dispatcher")
     try:
@@ -188,6 +196,7 @@ async def ingress_runtime(args: IngressArgs, jobs: JobGateway) -> AsyncIterator[
     images = ImageService(repo=images_repo, store=store, bus=bus)
     model_jobs = PgModelJobStore(pool)
     fetcher = HttpFetcher()
+    accounts = AccountService(PgAccountStore(pool), Argon2Hasher())
     # Downloads may only write inside the models folder; local installs may also read the import roots.
     settings = SettingsService(
         PgSettingsStore(pool),
@@ -196,7 +205,10 @@ async def ingress_runtime(args: IngressArgs, jobs: JobGateway) -> AsyncIterator[
             "max_queued_downloads": MAX_QUEUED_DOWNLOADS,
             # What the Queue enforces until someone sets it, so GET /api/settings shows the real limit.
             "max_queued_invocations": args.max_waiting_jobs,
+            # SERVE_APP_AUTH until `auth` is posted to /api/settings (then that applies on every replica).
+            "auth": args.auth,
         },
+        accounts=accounts,
     )
     downloads = DownloadService(
         model_jobs,
@@ -217,11 +229,12 @@ async def ingress_runtime(args: IngressArgs, jobs: JobGateway) -> AsyncIterator[
     )
     # Renews this replica's install/download leases and ends jobs a crashed replica left (services/background.py).
     leases = asyncio.create_task(keep_leases(installs, downloads), name="model-job-leases")
+    # Deletes Enfugue previews older than an hour, as Enfugue's monitor (services/enfugue_intermediates.py).
+    previews = asyncio.create_task(clean_previews_forever(build_listing_store(args.storage)), name="preview-cleanup")
     try:
         await feed.start()
         # Models found in the models folder (the demo models among them) are registered on every start.
         await models.sync_folder()
-        accounts = AccountService(PgAccountStore(pool), Argon2Hasher())
         if args.auth:
             await accounts.bootstrap_admin(args.admin_username, get_settings().admin_password)
         yield ApiContext(
@@ -252,6 +265,9 @@ async def ingress_runtime(args: IngressArgs, jobs: JobGateway) -> AsyncIterator[
         leases.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await leases
+        previews.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await previews
         # Installs first: stopping one cancels its downloads.
         await installs.aclose()
         await downloads.aclose()

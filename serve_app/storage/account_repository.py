@@ -25,6 +25,7 @@ class AccountQueries:
     list_users: LiteralString
     user_source: LiteralString
     count_users: LiteralString
+    count_admins: LiteralString
     other_admins: LiteralString
     update_user: LiteralString
     delete_user: LiteralString
@@ -35,6 +36,7 @@ class AccountQueries:
     delete_token: LiteralString
     list_tokens: LiteralString
     delete_token_by_id: LiteralString
+    delete_tokens: LiteralString
 
 
 Q = load(AccountQueries, "sql/accounts.sql")
@@ -144,6 +146,9 @@ class PgAccountStore:
     async def count_users(self) -> int:
         return int(await self._pool.fetchval(Q.count_users))
 
+    async def count_admins(self) -> int:
+        return int(await self._pool.fetchval(Q.count_admins))
+
     async def record_login(self, user_id: int, at: datetime) -> None:
         await self._pool.execute(Q.record_login, user_id, at)
 
@@ -176,3 +181,6 @@ class PgAccountStore:
 
     async def delete_token_by_id(self, user_id: int, token_id: int) -> bool:
         return await self._pool.fetchval(Q.delete_token_by_id, user_id, token_id) is not None
+
+    async def delete_tokens(self, kind: TokenKind) -> int:
+        return int(await self._pool.fetchval(Q.delete_tokens, kind))

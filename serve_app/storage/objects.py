@@ -7,6 +7,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
@@ -74,6 +75,20 @@ class FileObjectStore:
 
     def presigned_url(self, key: str, expires_s: int = 3600) -> str | None:
         return None
+
+    async def list_modified(self, folder: str) -> list[tuple[str, datetime]]:
+        """Every object under `folder` (a key prefix ending in a folder name) and when it was last written."""
+        return await asyncio.to_thread(self._walk, self._path(folder.rstrip("/")))
+
+    def _walk(self, folder: Path) -> list[tuple[str, datetime]]:
+        found = []
+        for directory, _, files in os.walk(folder):
+            for name in files:
+                path = Path(directory) / name
+                with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                    modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+                    found.append((path.relative_to(self._root).as_posix(), modified))
+        return found
 
     @staticmethod
     def _write(path: Path, data: bytes) -> None:
@@ -153,6 +168,18 @@ class S3ObjectStore:
         return self._client.generate_presigned_url(
             "get_object", Params={"Bucket": self._bucket, "Key": self._key(key)}, ExpiresIn=expires_s
         )
+
+    async def list_modified(self, folder: str) -> list[tuple[str, datetime]]:
+        """Every object under `folder` (a key prefix ending in a folder name) and when it was last written."""
+        return await asyncio.to_thread(self._list, self._key(folder.rstrip("/")) + "/")
+
+    def _list(self, full_prefix: str) -> list[tuple[str, datetime]]:
+        skip = len(self._prefix) + 1 if self._prefix else 0
+        found = []
+        for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self._bucket, Prefix=full_prefix):
+            for item in page.get("Contents", []):
+                found.append((item["Key"][skip:], item["LastModified"].astimezone(UTC)))
+        return found
 
     def _read(self, full_key: str) -> bytes:
         try:

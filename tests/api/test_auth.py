@@ -291,5 +291,5 @@ async def test_users_by_the_generic_rest_query_language(server):
         assert sorted(user["attributes"]["username"] for user in searched["data"]) == ["alice", "bob"]
         hostile = (await root.get("/api/users", params={"filter": "username:x' OR '1'='1"})).json()
         assert hostile["data"] == [] and hostile["meta"]["count"] == 0
-        for params in ({"filter": "password_hash:x"}, {"sort": "password_hash"}, {"include": "permission_groups"}):
+        for params in ({"filter": "password_hash:x"}, {"sort": "password_hash"}, {"include": "permissions"}):
             assert_enfugue_error(await root.get("/api/users", params=params), 400, "BadRequestError", "")

@@ -74,8 +74,8 @@ async def test_oversized_body_is_413(idle_client, repo):
 
 
 async def test_features_not_built_yet_are_501_not_silently_ignored(idle_client, repo):
-    response = await idle_client.post("/api/invoke", json={**SMALL, "control_image": "data:image/png;base64,AAAA"})
-    assert_enfugue_error(response, 501, "NotImplementedError", "control_image")
+    response = await idle_client.post("/api/invoke", json={**SMALL, "fill_background": True})
+    assert_enfugue_error(response, 501, "NotImplementedError", "fill_background")
     await assert_nothing_stored(repo)
 
 

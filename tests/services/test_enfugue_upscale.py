@@ -53,10 +53,12 @@ def test_diffusion_defaults_are_enfugues_and_lists_go_per_pass():
     assert plain.prompt == DEFAULT_UPSCALE_DIFFUSION_PROMPT
 
 
-@pytest.mark.parametrize("method", ["esrgan", "esrganime", "gfpgan"])
-def test_model_methods_are_refused(method):
-    with pytest.raises(InvalidRequest, match=f"No upscaling model installed for {method}"):
-        UpscaleSettings(upscale=["lanczos", method], outscale=2).passes()
+def test_gfpgan_is_refused_and_esrgan_passes_name_their_method():
+    with pytest.raises(InvalidRequest, match="No upscaling model installed for gfpgan: this server does not run"):
+        UpscaleSettings(upscale=["lanczos", "gfpgan"], outscale=2).passes()
+    # Whether a model is installed for them is the resolver's question (services/enfugue_esrgan.py).
+    passes = UpscaleSettings(upscale=["esrgan", "esrganime"], outscale=4, iterative=True).passes()
+    assert [(step.scale, step.method) for step in passes] == [(2, "esrgan"), (4, "esrganime")]
 
 
 def test_an_unknown_method_is_refused():

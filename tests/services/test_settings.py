@@ -13,12 +13,15 @@ import pytest_asyncio
 
 from serve_app.domain.errors import InvalidRequest, QueueFull
 from serve_app.domain.model_jobs import DownloadStatus
+from serve_app.services.accounts import AccountService
 from serve_app.services.downloads import DownloadService
 from serve_app.services.priority_slots import PrioritySlots
 from serve_app.services.settings import DEFAULTS, SettingsService
+from serve_app.storage.account_repository import PgAccountStore
 from serve_app.storage.http_fetch import HttpFetcher
 from serve_app.storage.model_job_store import PgModelJobStore
 from serve_app.storage.settings_repository import PgSettingsStore
+from tests.services.test_accounts import FAST
 from tests.support.http_files import FileServer
 from tests.support.recording_bus import RecordingBus
 
@@ -124,15 +127,51 @@ async def test_reader_sees_another_replicas_change_once_its_cache_expires(pool) 
 
 
 async def test_snooze_and_auth_are_stored(pool) -> None:
-    settings = SettingsService(PgSettingsStore(pool))
+    accounts = AccountService(PgAccountStore(pool), FAST)
+    settings = SettingsService(PgSettingsStore(pool), accounts=accounts)
     assert await settings.snoozed() == {}
     await settings.snooze("0.9.0")
     snoozed = await settings.snoozed()
     assert snoozed["initialized"] is True and snoozed["snooze.version"] == "0.9.0"
     assert snoozed["snooze.time"].startswith("20")
     assert await settings.auth_enabled() is False
+    assert await settings.stored_auth() is None  # never posted: the deployment's setting applies
+    await accounts.create_user("root", "pw", "pw", admin=True)
     await settings.update({"auth": True})
     assert await SettingsService(PgSettingsStore(pool)).auth_enabled() is True
+    assert await SettingsService(PgSettingsStore(pool)).stored_auth() is True
+
+
+async def test_auth_on_needs_an_admin_who_can_log_in_and_revokes_sessions_not_keys(pool) -> None:
+    accounts = AccountService(PgAccountStore(pool), FAST)
+    settings = SettingsService(PgSettingsStore(pool), accounts=accounts, cache_s=0)
+    await accounts.create_user("alice", "pw", "pw")
+    with pytest.raises(InvalidRequest, match="administrator with a password") as refused:
+        await settings.update({"auth": True, "safe": False})
+    assert refused.value.field == "auth"
+    assert await settings.stored_auth() is None and (await settings.get())["safe"] is True  # nothing stored
+    with pytest.raises(InvalidRequest, match="accounts"):
+        await SettingsService(PgSettingsStore(pool)).update({"auth": True})
+
+    await accounts.create_user("root", "pw", "pw", admin=True)
+    session = await accounts.login("alice", "pw")
+    key = await accounts.create_api_key("alice")
+    await settings.update({"auth": True})
+    assert await accounts.authenticate(session.token) is None  # everyone logs in again
+    assert await accounts.authenticate(key.token) is not None  # scripts keep working
+    again = await accounts.login("alice", "pw")
+    await settings.update({"auth": False})  # turning it off revokes sessions too (as Enfugue)
+    assert await accounts.authenticate(again.token) is None
+    assert await settings.stored_auth() is False
+
+
+async def test_intermediate_steps_is_read_back_with_its_default(pool) -> None:
+    settings = SettingsService(PgSettingsStore(pool), cache_s=0)
+    assert await settings.intermediate_steps() == 10
+    await settings.update({"intermediate_steps": 3})
+    assert await settings.intermediate_steps() == 3
+    await settings.update({"intermediate_steps": 0})
+    assert await settings.intermediate_steps() == 0
 
 
 # DownloadService obeys the download limits

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import boto3
@@ -95,6 +96,26 @@ async def test_delete_removes_and_ignores_missing(store: FileObjectStore | S3Obj
         await store.get("images/a.png")
     assert await store.get("images/b.png") == b"b"
     await store.delete([])
+
+
+async def test_list_modified_lists_a_folder_with_write_times(store: FileObjectStore | S3ObjectStore) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=5)
+    assert await store.list_modified("intermediates/") == []
+    await store.put("intermediates/a_0.png", b"a", "image/png")
+    await store.put("intermediates/sub/b_1.png", b"b", "image/png")
+    await store.put("intermediates-not/c.png", b"c", "image/png")
+    await store.put("images/d.png", b"d", "image/png")
+    listed = dict(await store.list_modified("intermediates/"))
+    assert set(listed) == {"intermediates/a_0.png", "intermediates/sub/b_1.png"}
+    assert all(before <= when <= datetime.now(UTC) + timedelta(seconds=5) for when in listed.values())
+    with pytest.raises(InvalidRequest):
+        await store.list_modified("../")
+
+
+async def test_s3_list_modified_strips_the_store_prefix(s3_endpoint: str, bucket: str) -> None:
+    store = S3ObjectStore(bucket, "serve/app", endpoint_url=s3_endpoint, **CREDENTIALS)
+    await store.put("intermediates/a.png", b"a", "image/png")
+    assert [key for key, _ in await store.list_modified("intermediates")] == ["intermediates/a.png"]
 
 
 async def test_unsafe_keys_are_rejected(store: FileObjectStore | S3ObjectStore) -> None:

@@ -4,14 +4,23 @@ folder or a single file). Random weights with real layouts, built in well under 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
-from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 from safetensors.torch import save_file
 
-from serve_app.inference.tiny import build_tiny_sd15, build_tiny_sdxl, build_tiny_vae, save_diffusers, save_single_file
+from serve_app.inference.tiny import (
+    build_tiny_controlnet,
+    build_tiny_esrgan,
+    build_tiny_sd15,
+    build_tiny_sd15_inpaint,
+    build_tiny_sdxl,
+    build_tiny_sdxl_refiner,
+    build_tiny_vae,
+    save_diffusers,
+    save_single_file,
+)
 
 # The attention projections most real LoRAs patch.
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -45,13 +54,36 @@ def sdxl_single_file(folder: Path, *, name: str = "tiny-sdxl-file", seed: int = 
 
 def sd1_inpaint_folder(folder: Path, *, name: str = "tiny-sd1-inpaint", seed: int = 0) -> Path:
     """The tiny SD 1.5 pipeline as an inpainting model: its UNet takes 9 channels (latents + mask + masked image)."""
-    pipe = build_tiny_sd15(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel.from_config({**pipe.unet.config, "in_channels": 9})
-    components = {**pipe.components, "unet": unet}
-    inpaint: Any = StableDiffusionInpaintPipeline(**components, requires_safety_checker=False)
-    return save_diffusers(inpaint, folder / name)
+    return save_diffusers(build_tiny_sd15_inpaint(seed), folder / name)
+
+
+def sd1_inpaint_single_file(folder: Path, *, name: str = "tiny-sd1-inpaint-file", seed: int = 0) -> Path:
+    path = folder / f"{name}.safetensors"
+    save_single_file(build_tiny_sd15_inpaint(seed), path)
+    return path
+
+
+def sdxl_refiner_folder(folder: Path, *, name: str = "tiny-sdxl-refiner", seed: int = 0) -> Path:
+    """A tiny SDXL refiner (OpenCLIP-style encoder only, aesthetic-score time ids) as a diffusers folder."""
+    return save_diffusers(build_tiny_sdxl_refiner(seed), folder / name)
+
+
+def sdxl_refiner_single_file(folder: Path, *, name: str = "tiny-sdxl-refiner-file", seed: int = 0) -> Path:
+    path = folder / f"{name}.safetensors"
+    save_single_file(build_tiny_sdxl_refiner(seed), path)
+    return path
+
+
+def controlnet_folder(
+    folder: Path, *, base: Literal["sd-1", "sdxl"] = "sd-1", name: str | None = None, seed: int = 0
+) -> Path:
+    """A ControlNet diffusers folder (`config.json` + safetensors) for the tiny `base` UNet (built with seed 0,
+    the tiny main models' default)."""
+    pipe = build_tiny_sd15() if base == "sd-1" else build_tiny_sdxl()
+    controlnet = build_tiny_controlnet(pipe.unet, seed=seed)
+    path = folder / (name or f"tiny-controlnet-{base}")
+    controlnet.save_pretrained(path, safe_serialization=True)
+    return path
 
 
 def vae_folder(folder: Path, *, name: str = "tiny-vae", seed: int = 1, scaling_factor: float = 0.18215) -> Path:
@@ -121,3 +153,10 @@ def textual_inversion(
     else:
         save_file({"clip_l": vector(width), "clip_g": vector(width * _SDXL_G_PER_L)}, str(path))
     return path
+
+
+def esrgan(folder: Path, *, name: str = "RealESRGAN_x4plus", scale: int = 4, suffix: str = ".safetensors",
+           seed: int = 0) -> Path:  # fmt: skip
+    """A tiny Real-ESRGAN-layout upscaler (`<name><suffix>`, .safetensors or .pth) that enlarges `scale`× (4, 2
+    or 1), recognised by the probe as spandrel_image_to_image and loaded by spandrel."""
+    return build_tiny_esrgan(folder / f"{name}{suffix}", scale=scale, seed=seed)

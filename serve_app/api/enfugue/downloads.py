@@ -67,6 +67,10 @@ async def start_download(request: Request, downloads: DownloadsDep, models: Mode
     kind, url, filename = _required(body, "type"), _required(body, "url"), _required(body, "filename")
     if kind not in FOLDERS:
         raise InvalidRequest(f"Unknown download type {kind}; use one of {', '.join(FOLDERS)}", field="type")
+    # Enfugue joins the name onto its folder as given; a path here is an attempt to write elsewhere, so say no
+    # (rather than quietly keeping only its last part).
+    if "/" in filename or "\\" in filename or filename in (".", ".."):
+        raise InvalidRequest(f"Bad filename {filename}: a file name, not a path", field="filename")
     if await _active(downloads, url):
         raise InvalidRequest(f"Already downloading {url}", field="url")
     overwrite = body.get("overwrite") in (True, "true", "True", 1, "1", "yes")

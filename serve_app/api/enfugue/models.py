@@ -97,5 +97,7 @@ async def lycoris(request: Request, presets: PresetsDep) -> JSONResponse:
 
 
 @router.get("/inversions", summary="Textual-inversion file names")
+# Enfugue's bundled Python client asks `/api/inversion` (enfugue-api.md §2); answering it too lets that client work.
+@router.get("/inversion", include_in_schema=False)
 async def inversions(request: Request, presets: PresetsDep) -> JSONResponse:
     return envelope(request, await presets.inversions())

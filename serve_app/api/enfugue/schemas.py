@@ -13,6 +13,7 @@ from serve_app.domain.errors import InvalidRequest
 from serve_app.domain.generation import GenerationRequest
 from serve_app.domain.jobs import Job, JobStatus
 from serve_app.domain.presets import ModelPreset, WeightedModel
+from serve_app.services.enfugue_control import ControlImage
 from serve_app.services.enfugue_images import ImageInputs
 from serve_app.services.enfugue_upscale import UpscaleSettings
 from serve_app.services.presets import MODEL_DEFAULT_FIELDS
@@ -20,7 +21,7 @@ from serve_app.services.presets import MODEL_DEFAULT_FIELDS
 # Parameters Enfugue accepts that this server does not run yet. Ignoring them silently would
 # return a plain txt2img image for an img2img request, so they are refused with 501 instead.
 UNSUPPORTED_KEYS = (
-    "control_image", "controlnet", "nodes", "refiner", "inpainter", "fill_background",
+    "fill_background",
 )  # fmt: skip
 
 Anchor = Literal[
@@ -69,6 +70,14 @@ class InvokeBody(BaseModel):
     fit: Literal["actual", "stretch", "cover", "contain"] | None = None
     anchor: Anchor | None = None
     remove_background: bool = False
+    # Single-step ControlNet (services/enfugue_control.py): `controlnet` is checked there, with Enfugue's names.
+    control_image: str | None = None
+    controlnet: Any = None
+    conditioning_scale: float = 1.0
+    process_control_image: bool = True
+    invert_control_image: bool = False
+    # Canvas regions (enfugue-api.md §5.3): checked, and their images stored, by services.enfugue_region_inputs.
+    nodes: list[dict[str, Any]] | None = None
     # Upscale (services/enfugue_upscale.py): each `Any` is one value or a list with one value per pass.
     upscale: Any = None
     outscale: int = Field(default=1, ge=1)
@@ -81,6 +90,22 @@ class InvokeBody(BaseModel):
     upscale_diffusion_prompt_2: str | list[str] | None = None
     upscale_diffusion_negative_prompt: str | list[str] | None = None
     upscale_diffusion_negative_prompt_2: str | list[str] | None = None
+    # SDXL refiner and inpainting model (services/enfugue_refiner.py); the numbers unset: the preset's, else
+    # Enfugue's defaults.
+    refiner: str | None = None
+    refiner_size: int | None = Field(default=None, gt=0)
+    refiner_vae: str | None = None
+    refiner_strength: float | None = Field(default=None, ge=0, le=1)
+    refiner_guidance_scale: float | None = Field(default=None, ge=0)
+    refiner_aesthetic_score: float | None = None
+    refiner_negative_aesthetic_score: float | None = None
+    refiner_prompt: str | None = None
+    refiner_prompt_2: str | None = None
+    refiner_negative_prompt: str | None = None
+    refiner_negative_prompt_2: str | None = None
+    inpainter: str | None = None
+    inpainter_size: int | None = Field(default=None, gt=0)
+    inpainter_vae: str | None = None
 
     def upscale_settings(self) -> UpscaleSettings:
         return UpscaleSettings(
@@ -100,7 +125,15 @@ class InvokeBody(BaseModel):
     def image_inputs(self) -> ImageInputs:
         """The inline images and how to fit them (decoded by services.enfugue_images)."""
         return ImageInputs(image=self.image or None, mask=self.mask or None, fit=self.fit, anchor=self.anchor,
-                           invert_mask=self.invert_mask)  # fmt: skip
+                           invert_mask=self.invert_mask, nodes=self.nodes, control=self.control_settings())  # fmt: skip
+
+    def control_settings(self) -> ControlImage | None:
+        """The ControlNet keys, when a control image is given (Enfugue ignores them otherwise)."""
+        if not self.control_image:
+            return None
+        return ControlImage(image=self.control_image, controlnet=self.controlnet,
+                            conditioning_scale=self.conditioning_scale, process=self.process_control_image,
+                            invert=self.invert_control_image)  # fmt: skip
 
     def to_domain(self) -> GenerationRequest:
         """The domain request; InvalidRequest (with Enfugue's messages) for a badly shaped model list, an upscale
@@ -129,6 +162,7 @@ class InvokeBody(BaseModel):
             "state": self.state,
             "intermediates": self.intermediates,
             "upscale": self.upscale_settings().passes(),
+            **self._refiner_and_inpainter(),
         }
         # Left out unless given, so that a preset's defaults apply (see GenerationRequest.steps).
         for field, value in (("seed", self.seed), ("steps", self.num_inference_steps),
@@ -136,6 +170,19 @@ class InvokeBody(BaseModel):
             if value is not None:
                 values[field] = value
         return GenerationRequest(**values)
+
+    def _refiner_and_inpainter(self) -> dict[str, Any]:
+        """The refiner and inpainter keys given (blank strings mean none, as Enfugue's UI sends them)."""
+        names = ("refiner", "refiner_vae", "refiner_prompt", "refiner_prompt_2", "refiner_negative_prompt",
+                 "refiner_negative_prompt_2", "inpainter", "inpainter_vae")  # fmt: skip
+        values: dict[str, Any] = {name: getattr(self, name) or None for name in names}
+        values.update(refiner_size=self.refiner_size, inpainter_size=self.inpainter_size)
+        # Left out unless given, so that a preset's default configuration applies.
+        for name in ("refiner_strength", "refiner_guidance_scale", "refiner_aesthetic_score",
+                     "refiner_negative_aesthetic_score"):  # fmt: skip
+            if getattr(self, name) is not None:
+                values[name] = getattr(self, name)
+        return values
 
 
 def _model_entries(kind: str, value: Any, shape: str) -> list[tuple[str, Any]]:

@@ -8,12 +8,12 @@ empty; snoozing is stored all the same. `/api/logs` reads this Ingress replica's
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from serve_app.api.deps import AdminDep, ContextDep, SettingsDep
+from serve_app.api.deps import AdminDep, ApiContext, ContextDep, SettingsDep
 from serve_app.api.enfugue.routes import envelope, json_object
 from serve_app.api.log_buffer import LogBuffer
 from serve_app.domain.errors import InvalidRequest
@@ -31,13 +31,23 @@ LogBufferDep = Annotated[LogBuffer, Depends(get_log_buffer)]
 
 
 @router.get("/settings", summary="Server settings", dependencies=[AdminDep])
-async def get_settings(request: Request, settings: SettingsDep) -> JSONResponse:
-    return envelope(request, await settings.get())
+async def get_settings(request: Request, context: ContextDep, settings: SettingsDep) -> JSONResponse:
+    return envelope(request, await _effective(context, await settings.get()))
 
 
-@router.post("/settings", summary="Change some server settings", dependencies=[AdminDep])
-async def post_settings(request: Request, settings: SettingsDep) -> JSONResponse:
-    return envelope(request, await settings.update(await json_object(request)))
+@router.post(
+    "/settings",
+    summary="Change some server settings (posting `auth` logs every session out; API keys stay)",
+    dependencies=[AdminDep],
+)
+async def post_settings(request: Request, context: ContextDep, settings: SettingsDep) -> JSONResponse:
+    return envelope(request, await _effective(context, await settings.update(await json_object(request))))
+
+
+async def _effective(context: ApiContext, values: dict[str, Any]) -> dict[str, Any]:
+    # `auth` as requests see it (the deployment's SERVE_APP_AUTH until one is posted), whatever default the
+    # settings service was built with.
+    return {**values, "auth": await context.auth_active()}
 
 
 @router.get("/announcements", summary="Announcements (none on this server)")

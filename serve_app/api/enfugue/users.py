@@ -1,7 +1,9 @@
-"""Enfugue accounts: `POST /api/login`, `/api/users[/{username}]`, and serve-app's API keys (`/api/keys`)."""
+"""Enfugue accounts: `POST /api/login`, `/api/users[/{username}]`, `GET /self` (pibble's UserExtensionServer, not
+under /api), and serve-app's API keys (`/api/keys`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,13 +11,29 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from serve_app.api.auth import set_token_cookie
-from serve_app.api.deps import AccountsDep, AdminDep, IdentityDep
+from serve_app.api.deps import AccountsDep, AdminDep, ContextDep, IdentityDep
 from serve_app.api.enfugue.routes import envelope, json_object
 from serve_app.domain.accounts import IssuedToken, TokenRecord, User
 from serve_app.domain.errors import InvalidRequest
 from serve_app.domain.rest_query import RestQuery, parse_rest_query
 
 router = APIRouter(prefix="/api", tags=["enfugue"])
+self_router = APIRouter(tags=["enfugue"])
+
+# Relationships `?include=` may name on users. Users carry an `admin` flag, which stands for pibble's membership
+# of the permission group labelled "admin" (enfugue-api.md §3); the include renders that membership the way the
+# Enfugue UI reads it (`permission_groups[i].group[0].label === "admin"`, controller/system/02-users.mjs):
+#   "include": {"permission_groups": [
+#       {"type": "UserPermissionGroup", "attributes": {"user_id": 7, "group_id": 1},
+#        "include": {"group": [{"type": "PermissionGroup", "attributes": {"id": 1, "label": "admin"}}]}}]}
+# (`group` only when `permission_groups.group` is included too). There are no other groups: a non-admin's list
+# is empty.
+PERMISSION_GROUPS = "permission_groups"
+PERMISSION_GROUPS_GROUP = "permission_groups.group"
+_USER_INCLUDES = frozenset({PERMISSION_GROUPS, PERMISSION_GROUPS_GROUP})
+ADMIN_GROUP = {"type": "PermissionGroup", "attributes": {"id": 1, "label": "admin"}}
+# With auth off every request is the built-in admin, who has no user row (Enfugue's `noauth` user has id 0).
+_BUILT_IN_ID = 0
 
 
 def _when(value: datetime | None) -> str | None:
@@ -23,9 +41,10 @@ def _when(value: datetime | None) -> str | None:
     return value.astimezone(UTC).replace(tzinfo=None).isoformat() if value is not None else None
 
 
-def user_object(user: User) -> dict[str, Any]:
-    """A pibble ORM object (enfugue-api.md §1.2); `admin` stands for the `admin` group membership."""
-    return {
+def user_object(user: User, includes: Sequence[str] = ()) -> dict[str, Any]:
+    """A pibble ORM object (enfugue-api.md §1.2); `admin` stands for the `admin` group membership, which
+    `includes` (see PERMISSION_GROUPS) may also render as pibble's group objects."""
+    result: dict[str, Any] = {
         "type": "User",
         "attributes": {
             "id": user.id,
@@ -36,6 +55,20 @@ def user_object(user: User) -> dict[str, Any]:
             "admin": user.admin,
         },
     }
+    if includes:
+        result["include"] = {
+            PERMISSION_GROUPS: _permission_groups(user, with_group=PERMISSION_GROUPS_GROUP in includes)
+        }
+    return result
+
+
+def _permission_groups(user: User, *, with_group: bool) -> list[dict[str, Any]]:
+    if not user.admin:
+        return []
+    membership: dict[str, Any] = {"type": "UserPermissionGroup", "attributes": {"user_id": user.id, "group_id": 1}}
+    if with_group:
+        membership["include"] = {"group": [ADMIN_GROUP]}
+    return [membership]
 
 
 def token_object(issued: IssuedToken) -> dict[str, Any]:
@@ -89,7 +122,11 @@ def _flag(body: dict[str, Any], key: str) -> bool | None:
 
 
 async def _json_or_form(request: Request) -> dict[str, Any]:
-    if request.headers.get("content-type", "").startswith(("application/x-www-form-urlencoded", "multipart/")):
+    content_type = request.headers.get("content-type", "")
+    # `curl -d '{...}'` (the Enfugue wiki's examples) labels a JSON body as a form; Enfugue parses it as JSON.
+    if content_type.startswith("application/x-www-form-urlencoded") and (await request.body()).lstrip()[:1] == b"{":
+        return await json_object(request)
+    if content_type.startswith(("application/x-www-form-urlencoded", "multipart/")):
         form = await request.form()
         return {key: value for key, value in form.items() if isinstance(value, str)}
     return await json_object(request)
@@ -106,22 +143,38 @@ async def login(request: Request, accounts: AccountsDep) -> JSONResponse:
 
 def _query(request: Request) -> RestQuery:
     query = parse_rest_query(request.query_params.multi_items())
-    if query.includes:
-        # Users carry `admin` instead of Enfugue's permission groups; there is nothing to include.
-        raise InvalidRequest(f"Unknown or bad relationship {query.includes[0]}", field="include")
+    for name in query.includes:
+        if name not in _USER_INCLUDES:
+            # The query language's answer to a relationship the class does not have.
+            raise InvalidRequest(f"Unknown or bad relationship {name}", field="include")
     return query
 
 
 @router.get("/users", summary="Users, by the generic REST query language", dependencies=[AdminDep])
 async def list_users(request: Request, accounts: AccountsDep) -> JSONResponse:
-    users, count = await accounts.query_users(_query(request))
-    return envelope(request, [user_object(user) for user in users], count=count)
+    query = _query(request)
+    users, count = await accounts.query_users(query)
+    return envelope(request, [user_object(user, query.includes) for user in users], count=count)
 
 
 @router.get("/users/{username}", summary="One user (a one-item list, as Enfugue's REST GET)", dependencies=[AdminDep])
 async def get_user(request: Request, username: str, accounts: AccountsDep) -> JSONResponse:
-    _query(request)  # a bad query string is a 400 here too
-    return envelope(request, [user_object(await accounts.get_user(username))], count=1)
+    query = _query(request)  # a bad query string is a 400 here too
+    return envelope(request, [user_object(await accounts.get_user(username), query.includes)], count=1)
+
+
+@self_router.get("/self", summary="The caller, as a User object (the built-in admin with authentication off)")
+async def current_user(request: Request, identity: IdentityDep, context: ContextDep) -> JSONResponse:
+    """pibble's UserExtensionServer route: the token's user. With auth off nobody logs in, so it is the built-in
+    admin every request acts as (no row: id 0, as Enfugue's `noauth` user)."""
+    includes = _query(request).includes
+    if identity.user_id is None:
+        user = User(id=_BUILT_IN_ID, username=identity.username, admin=True, created_at=context.started_at)
+    else:
+        accounts = context.accounts
+        assert accounts is not None  # a token was checked against them
+        user = await accounts.get_user(identity.username)
+    return envelope(request, user_object(user, includes))
 
 
 @router.post("/users", summary="Create a user", dependencies=[AdminDep])

@@ -74,13 +74,13 @@ class LogoutResponse(BaseModel):
 async def get_setup_status(context: ContextDep) -> SetupStatusResponse:
     # The first admin comes from the server's settings, so setup through the API is never required.
     return SetupStatusResponse(
-        setup_required=False, multiuser_enabled=context.auth_enabled, strict_password_checking=False
+        setup_required=False, multiuser_enabled=await context.auth_active(), strict_password_checking=False
     )
 
 
 @router.post("/login", operation_id="login", response_model=LoginResponse)
 async def login(body: LoginRequest, response: Response, context: ContextDep, accounts: AccountsDep) -> LoginResponse:
-    if not context.auth_enabled:
+    if not await context.auth_active():
         raise HttpError(403, "Multiuser mode is disabled. Authentication is not required in single-user mode.")
     try:
         issued = await accounts.login(body.email or body.username, body.password)

@@ -72,6 +72,16 @@ def recipients(message: BusMessage) -> str | list[str] | None:
     return [f"{room}{ADMINS}", f"{room}{USER}{message.owner}"]
 
 
+def deliveries(message: BusMessage) -> list[tuple[str | list[str] | None, dict[str, Any]]]:
+    """The `(to, data)` of each `sio.emit` for a message: one, unless it is owned and has `owner_data`, which then
+    goes to the owner's twin while the admins' twin gets `data` (an admin owner's connection is in the admins'
+    twin only, so it gets `data`, once)."""
+    if message.owner is None or message.owner_data is None:
+        return [(recipients(message), message.data)]
+    room = message.room or ""
+    return [(f"{room}{ADMINS}", message.data), (f"{room}{USER}{message.owner}", message.owner_data)]
+
+
 def socket_token(environ: Mapping[str, Any], auth: Any) -> str | None:
     """The credential of a connect: `auth={"token": ...}`, then the bearer and API key headers, then the cookie."""
     if isinstance(auth, dict):
@@ -154,7 +164,8 @@ class SocketHub:
             item = await self._pending.get()
             try:
                 for message in await self._messages_for(item):
-                    await self.sio.emit(message.event, message.data, to=recipients(message))
+                    for to, data in deliveries(message):
+                        await self.sio.emit(message.event, data, to=to)
                     self.emitted += 1
             except Exception:
                 # One bad event (or a failing hook) must not silence the socket for everyone.
@@ -234,7 +245,7 @@ def _authenticator(context: ApiContext) -> Authenticate:
     """Who a Socket.IO connection is, by the same rules as an HTTP request (api/auth.py)."""
 
     async def authenticate(environ: Mapping[str, Any], auth: Any) -> Identity | None:
-        if not context.auth_enabled:
+        if not await context.auth_active():
             return Identity(username=context.default_owner, admin=True)
         token = socket_token(environ, auth)
         if context.accounts is None or token is None:

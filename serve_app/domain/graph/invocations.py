@@ -12,6 +12,18 @@ from typing import Annotated
 from pydantic import Field
 
 from serve_app.domain.graph.base import BaseInvocation, BaseInvocationOutput, InputKind, InputSpec, WithBoard
+from serve_app.domain.graph.composite_nodes import (
+    BlankImageInvocation,
+    ImageCropInvocation,
+    ImagePasteInvocation,
+    MaskFromAlphaInvocation,
+)
+from serve_app.domain.graph.control_nodes import (
+    CannyEdgeDetectionInvocation,
+    CannyImageProcessorInvocation,
+    ControlNetInvocation,
+    ImageLerpInvocation,
+)
 from serve_app.domain.graph.image_nodes import ImageInvocation, ResizeImageInvocation, SaveImageInvocation
 from serve_app.domain.graph.latent_nodes import (
     SEED_MAX,
@@ -36,7 +48,7 @@ from serve_app.domain.graph.model_nodes import (
     SDXLModelLoaderInvocation,
     VAELoaderInvocation,
 )
-from serve_app.domain.graph.outputs import OUTPUTS
+from serve_app.domain.graph.outputs import OUTPUTS as _OUTPUTS
 from serve_app.domain.graph.primitive_nodes import (
     BooleanInvocation,
     CollectInvocation,
@@ -46,6 +58,15 @@ from serve_app.domain.graph.primitive_nodes import (
     IterateInvocation,
     RandomIntInvocation,
     StringInvocation,
+)
+from serve_app.domain.graph.refiner_nodes import (
+    REFINER_OUTPUTS,
+    SDXLRefinerCompelPromptInvocation,
+    SDXLRefinerModelLoaderInvocation,
+)
+from serve_app.domain.graph.upscale_nodes import (
+    SpandrelImageToImageAutoscaleInvocation,
+    SpandrelImageToImageInvocation,
 )
 
 __all__ = [
@@ -78,6 +99,8 @@ AnyInvocation = Annotated[
     | CLIPSkipInvocation
     | CompelInvocation
     | SDXLCompelPromptInvocation
+    | SDXLRefinerModelLoaderInvocation
+    | SDXLRefinerCompelPromptInvocation
     | LoRASelectorInvocation
     | LoRACollectionLoader
     | SDXLLoRACollectionLoader
@@ -91,7 +114,17 @@ AnyInvocation = Annotated[
     | CreateGradientMaskInvocation
     | ResizeImageInvocation
     | SaveImageInvocation
-    | ImageInvocation,
+    | ImageInvocation
+    | BlankImageInvocation
+    | ImageCropInvocation
+    | ImagePasteInvocation
+    | MaskFromAlphaInvocation
+    | ControlNetInvocation
+    | CannyEdgeDetectionInvocation
+    | CannyImageProcessorInvocation
+    | ImageLerpInvocation
+    | SpandrelImageToImageInvocation
+    | SpandrelImageToImageAutoscaleInvocation,
     Field(discriminator="type"),
 ]
 
@@ -110,6 +143,8 @@ _CLASSES: list[type[BaseInvocation]] = [
     CLIPSkipInvocation,
     CompelInvocation,
     SDXLCompelPromptInvocation,
+    SDXLRefinerModelLoaderInvocation,
+    SDXLRefinerCompelPromptInvocation,
     LoRASelectorInvocation,
     LoRACollectionLoader,
     SDXLLoRACollectionLoader,
@@ -124,9 +159,24 @@ _CLASSES: list[type[BaseInvocation]] = [
     ResizeImageInvocation,
     SaveImageInvocation,
     ImageInvocation,
+    BlankImageInvocation,
+    ImageCropInvocation,
+    ImagePasteInvocation,
+    MaskFromAlphaInvocation,
+    ControlNetInvocation,
+    CannyEdgeDetectionInvocation,
+    CannyImageProcessorInvocation,
+    ImageLerpInvocation,
+    SpandrelImageToImageInvocation,
+    SpandrelImageToImageAutoscaleInvocation,
 ]
 
 INVOCATIONS: dict[str, type[BaseInvocation]] = {cls.model_fields["type"].default: cls for cls in _CLASSES}
+# Every output type by name: the common ones and those of node modules with outputs of their own.
+OUTPUTS: dict[str, type[BaseInvocationOutput]] = {
+    **_OUTPUTS,
+    **{cls.model_fields["type"].default: cls for cls in REFINER_OUTPUTS},
+}
 
 
 def output_class(node_type: str) -> type[BaseInvocationOutput]:

@@ -10,6 +10,7 @@ from serve_app.domain.graph.base import BaseInvocationOutput
 from serve_app.domain.graph.fields import (
     CLIPField,
     ConditioningField,
+    ControlField,
     DenoiseMaskField,
     ImageField,
     LatentsField,
@@ -114,6 +115,11 @@ class GradientMaskOutput(BaseInvocationOutput):
     expanded_mask_area: ImageField | None = None
 
 
+class ControlOutput(BaseInvocationOutput):
+    type: Literal["control_output"] = "control_output"
+    control: ControlField
+
+
 class LoRASelectorOutput(BaseInvocationOutput):
     type: Literal["lora_selector_output"] = "lora_selector_output"
     lora: LoRAField
@@ -154,6 +160,7 @@ _ALL: list[type[BaseInvocationOutput]] = [
     ImageOutput,
     DenoiseMaskOutput,
     GradientMaskOutput,
+    ControlOutput,
     LoRASelectorOutput,
     LoRALoaderOutput,
     SDXLLoRALoaderOutput,

@@ -3,10 +3,11 @@
 The glue between the node schemas (`serve_app.domain.graph`), the diffusion operations
 (`serve_app.inference.nodes`) and the runtime (`NodeContext`). Primitives (values, collect, iterate,
 core_metadata) are the domain's own `PRIMITIVES`; the rest are split by family:
-`models` (loaders, clip_skip, LoRAs), `prompts`, `latents` (noise, denoise, VAE, masks), `images`.
+`models` (loaders, clip_skip, LoRAs), `prompts`, `latents` (noise, denoise, VAE, masks), `images`,
+`control` (ControlNet, the canny detector, img_lerp), `upscaling` (spandrel image-to-image).
 
-Not supported (a clear NotImplementedError when a graph uses them): ControlNet / IP-Adapter / T2I-Adapter
-inputs, regional (several or masked) conditionings, seamless tiling, FreeU.
+Not supported (a clear NotImplementedError when a graph uses them): IP-Adapter / T2I-Adapter inputs,
+regional (several or masked) conditionings, seamless tiling, FreeU.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from serve_app.domain.graph.base import BaseInvocation, BaseInvocationOutput
 from serve_app.domain.graph.primitives import PRIMITIVES
 from serve_app.inference.graph_context import NodeContext
-from serve_app.inference.invocations import images, latents, models, prompts
+from serve_app.inference.invocations import composite, control, images, latents, models, prompts, refiner, upscaling
 from serve_app.inference.invocations._common import Implementation, typed
 
 __all__ = ["IMPLEMENTATIONS", "Implementation"]
@@ -42,6 +43,8 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
     "sdxl_lora_collection_loader": typed(models.sdxl_lora_collection_loader),
     "compel": typed(prompts.compel),
     "sdxl_compel_prompt": typed(prompts.sdxl_compel_prompt),
+    "sdxl_refiner_model_loader": typed(refiner.sdxl_refiner_model_loader),
+    "sdxl_refiner_compel_prompt": typed(refiner.sdxl_refiner_compel_prompt),
     "noise": typed(latents.noise),
     "denoise_latents": typed(latents.denoise_latents),
     "l2i": typed(latents.l2i),
@@ -51,4 +54,14 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
     "img_resize": typed(images.img_resize),
     "save_image": typed(images.save_image),
     "image": typed(images.image),
+    "blank_image": typed(composite.blank_image),
+    "img_crop": typed(composite.img_crop),
+    "img_paste": typed(composite.img_paste),
+    "tomask": typed(composite.tomask),
+    "controlnet": typed(control.controlnet),
+    "canny_edge_detection": typed(control.canny_edge_detection),
+    "canny_image_processor": typed(control.canny_image_processor),
+    "img_lerp": typed(control.img_lerp),
+    "spandrel_image_to_image": typed(upscaling.spandrel_image_to_image),
+    "spandrel_image_to_image_autoscale": typed(upscaling.spandrel_image_to_image_autoscale),
 }

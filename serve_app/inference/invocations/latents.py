@@ -32,6 +32,7 @@ from serve_app.domain.images import ImageCategory
 from serve_app.domain.models import ModelFamily, ModelType
 from serve_app.inference.graph_context import NodeContext
 from serve_app.inference.invocations._common import TENSOR, load_vae, lora_weights, model_of, required
+from serve_app.inference.invocations.control import control_inputs
 from serve_app.inference.nodes import (
     Conditioning,
     DenoiseMask,
@@ -46,6 +47,17 @@ from serve_app.inference.nodes import (
 from serve_app.inference.nodes.latents import LATENT_SCALE
 
 _INPAINT_UNET_CHANNELS = 9
+# The prompt node whose conditioning each family's UNet takes (others: `compel`). The SDXL base UNet reads six
+# micro-conditioning numbers, the refiner's five (the aesthetic score in place of the target size).
+_PROMPT_NODES = {ModelFamily.SDXL: "sdxl_compel_prompt", ModelFamily.SDXL_REFINER: "sdxl_refiner_compel_prompt"}
+_REFINER_TIME_IDS = 5
+
+
+def _prompt_node_of(conditioning: Conditioning) -> str:
+    if conditioning.add_time_ids is None:
+        return "compel"
+    refiner = conditioning.add_time_ids.shape[-1] == _REFINER_TIME_IDS
+    return "sdxl_refiner_compel_prompt" if refiner else "sdxl_compel_prompt"
 
 
 def _latents_output(context: NodeContext, latents: torch.Tensor, seed: int | None = None) -> LatentsOutput:
@@ -79,10 +91,10 @@ def _conditioning(
 
 
 def _reject_adapters(node: DenoiseLatentsInvocation) -> None:
-    for field in ("control", "ip_adapter", "t2i_adapter"):
+    for field in ("ip_adapter", "t2i_adapter"):
         value = getattr(node, field)
         if value is not None and value != []:
-            raise NotImplementedError(f"denoise_latents.{field} (ControlNet/IP-Adapter/T2I-Adapter) is not supported")
+            raise NotImplementedError(f"denoise_latents.{field} (IP-Adapter/T2I-Adapter) is not supported")
 
 
 def _denoise_mask(context: NodeContext, field: DenoiseMaskField | None) -> DenoiseMask | None:
@@ -116,8 +128,8 @@ def denoise_latents(node: DenoiseLatentsInvocation, context: NodeContext) -> Lat
     scheduler_spec = model_of(context, unet_field.scheduler, ModelType.MAIN)
     positive = _conditioning(context, node.positive_conditioning, "positive_conditioning")
     negative = _conditioning(context, node.negative_conditioning, "negative_conditioning")
-    if positive.is_sdxl != (spec.family is ModelFamily.SDXL):
-        prompt_node = "sdxl_compel_prompt" if spec.family is ModelFamily.SDXL else "compel"
+    prompt_node = _PROMPT_NODES.get(spec.family, "compel")
+    if _prompt_node_of(positive) != prompt_node:
         raise InvalidRequest(f"Model {spec.name} ({spec.family}) needs conditioning from {prompt_node} nodes")
     # InvokeAI seeds the scheduler from the noise's seed, else the latents', else 0.
     seed = next((f.seed for f in (node.noise, node.latents) if f is not None and f.seed is not None), 0)
@@ -127,14 +139,20 @@ def denoise_latents(node: DenoiseLatentsInvocation, context: NodeContext) -> Lat
         context.progress(done, total, preview=preview(latents, spec.family))
 
     components = context.components
+    noise_tensor, latents_tensor = _tensor(context, node.noise), _tensor(context, node.latents)
+    reference = noise_tensor if noise_tensor is not None else latents_tensor
+    control = []
+    if reference is not None:  # else denoise() refuses the call itself
+        size = (reference.shape[3] * LATENT_SCALE, reference.shape[2] * LATENT_SCALE)
+        control = control_inputs(context, node.control, spec, node.steps, *size)
     with components.unet_with_loras(spec, lora_weights(context, unet_field.loras)) as unet:
         result = denoise(
             unet,
             components.scheduler(scheduler_spec, node.scheduler, seed=seed),
             positive,
             negative,
-            noise=_tensor(context, node.noise),
-            latents=_tensor(context, node.latents),
+            noise=noise_tensor,
+            latents=latents_tensor,
             steps=node.steps,
             cfg_scale=cfg_scale,
             cfg_rescale_multiplier=node.cfg_rescale_multiplier,
@@ -144,6 +162,7 @@ def denoise_latents(node: DenoiseLatentsInvocation, context: NodeContext) -> Lat
             seed=seed,
             on_step=on_step,
             should_stop=context.should_stop,
+            control=control,
         )
     return _latents_output(context, result)
 

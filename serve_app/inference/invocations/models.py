@@ -54,6 +54,10 @@ def main_model_loader(node: MainModelLoaderInvocation, context: NodeContext) -> 
     spec = model_of(context, model, ModelType.MAIN)
     if spec.family is ModelFamily.SDXL:
         raise InvalidRequest(f"Model {spec.name} is an SDXL model: load it with sdxl_model_loader", field="model")
+    if spec.family is ModelFamily.SDXL_REFINER:
+        raise InvalidRequest(
+            f"Model {spec.name} is an SDXL refiner: load it with sdxl_refiner_model_loader", field="model"
+        )
     return ModelLoaderOutput(
         unet=_unet(model), clip=_clip(model, "tokenizer", "text_encoder"), vae=VAEField(vae=_sub(model, "vae"))
     )

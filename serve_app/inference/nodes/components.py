@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from serve_app.domain.errors import GenerationFailed, InvalidRequest
 from serve_app.domain.models import ModelFormat, ModelSpec, ModelType
-from serve_app.inference.loading import assemble_pipeline, main_parts
+from serve_app.inference.loading import assemble_pipeline, load_controlnet, main_parts
 from serve_app.inference.model_cache import ModelCache
 from serve_app.inference.nodes.embeddings import TextualInversion, read_embedding
 from serve_app.inference.nodes.lora import TEXT_ENCODER, TEXT_ENCODER_2, UNET, LoRAModel, lora_patched, read_lora
@@ -125,6 +125,11 @@ class ModelComponents:
             return vae
 
         return self._get(spec, None, load)
+
+    def controlnet(self, spec: ModelSpec) -> Any:
+        """ControlNet model `spec` (a diffusers ControlNetModel), whole, on this device and dtype."""
+        _require(spec, ModelType.CONTROLNET)
+        return self._get(spec, None, lambda: load_controlnet(spec, device=self.device, dtype=self.dtype))
 
     def lora(self, spec: ModelSpec) -> LoRAModel:
         """The parsed layers of LoRA `spec`, on this device."""

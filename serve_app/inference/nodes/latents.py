@@ -21,6 +21,7 @@ from PIL import Image
 
 from serve_app.domain.errors import InvalidRequest, JobCanceled
 from serve_app.domain.models import ModelFamily
+from serve_app.inference.nodes.control import ControlNetInput, control_residuals
 from serve_app.inference.nodes.images import image_to_tensor
 from serve_app.inference.nodes.prompts import Conditioning
 
@@ -102,7 +103,11 @@ def _batched_conditioning(
     positive: Conditioning, negative: Conditioning, device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor] | None]:
     # [negative, positive]; a shorter prompt is padded with zeros that the attention mask hides.
-    if positive.is_sdxl != negative.is_sdxl:
+    if positive.is_sdxl != negative.is_sdxl or (
+        positive.add_time_ids is not None
+        and negative.add_time_ids is not None
+        and positive.add_time_ids.shape != negative.add_time_ids.shape  # SDXL (6 time ids) vs refiner (5)
+    ):
         raise InvalidRequest("positive and negative conditioning come from different model families")
     length = max(positive.embeds.shape[1], negative.embeds.shape[1])
     embeds, masks = [], []
@@ -143,6 +148,7 @@ def denoise(
     seed: int = 0,
     on_step: StepCallback | None = None,
     should_stop: StopCheck | None = None,
+    control: Sequence[ControlNetInput] = (),
 ) -> Any:
     """The `denoise_latents` node: classifier-free guided denoising with our own loop over `unet`.
 
@@ -155,7 +161,8 @@ def denoise(
     `denoise_mask`: inpainting, see `DenoiseMask`. `seed`: seeds ancestral/SDE scheduler noise (and inpaint noise
     when `noise` is None). `on_step(done, total, latents)` runs after every UNet pass (`total` counts passes of the
     cut schedule, so second-order schedulers report more than `steps`); `should_stop()` is polled before every pass
-    and JobCanceled raised when it answers True. Returns latents [1, 4, h, w], float32 on the CPU."""
+    and JobCanceled raised when it answers True. `control`: ControlNets whose residuals are added to every UNet
+    pass they are active on (see `nodes.control`). Returns latents [1, 4, h, w], float32 on the CPU."""
     _check_arguments(steps, cfg_scale, denoising_start, denoising_end, noise, latents)
     device, dtype = unet.device, unet.dtype
 
@@ -195,6 +202,7 @@ def denoise(
         if mask is not None and denoise_mask is not None and not inpaint_model:
             sample = _apply_mask(scheduler, sample, orig, noise, mask, t, gradient=denoise_mask.gradient)
         model_input = scheduler.scale_model_input(torch.cat([sample] * 2), t)
+        down, mid = control_residuals(control, model_input, t, text, added, step=index, total=total)
         if extra is not None:
             model_input = torch.cat([model_input, extra], dim=1)
         prediction = unet(
@@ -203,6 +211,8 @@ def denoise(
             encoder_hidden_states=text,
             encoder_attention_mask=attention,
             added_cond_kwargs=added,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
             return_dict=False,
         )[0]
         scale = _scale_at(cfg_scale, schedule.first_step + index // order)
@@ -370,9 +380,10 @@ def preview(latents: torch.Tensor, family: ModelFamily) -> Image.Image:
     """A cheap progress image at latent resolution (w/8 × h/8): a fixed linear map of the 4 latent channels to RGB
     (InvokeAI's tables; SD 2 uses SD 1's), smoothed for SDXL. No VAE involved."""
     sample = latents[0].detach().float().cpu()
-    factors = torch.tensor(_SDXL_FACTORS if family is ModelFamily.SDXL else _SD1_FACTORS)
+    sdxl = family in (ModelFamily.SDXL, ModelFamily.SDXL_REFINER)  # one latent space
+    factors = torch.tensor(_SDXL_FACTORS if sdxl else _SD1_FACTORS)
     rgb = torch.einsum("chw,cr->rhw", sample, factors)
-    if family is ModelFamily.SDXL:
+    if sdxl:
         kernel = torch.tensor(_SDXL_SMOOTH).expand(3, 1, 3, 3)
         rgb = F.conv2d(rgb.unsqueeze(0), kernel, padding=1, groups=3)[0]
     array = ((rgb + 1) / 2).clamp(0, 1).mul(255).byte().permute(1, 2, 0).numpy()

@@ -82,6 +82,29 @@ def encode_sdxl_prompt(
     )
 
 
+@torch.no_grad()
+def encode_sdxl_refiner_prompt(
+    text_encoder_2: TextEncoder,
+    style: str,
+    *,
+    original_width: int = 1024,
+    original_height: int = 1024,
+    crop_top: int = 0,
+    crop_left: int = 0,
+    aesthetic_score: float = 6.0,
+    skipped_layers: int = 0,
+) -> Conditioning:
+    """SDXL refiner conditioning (`sdxl_refiner_compel_prompt` node): `style` through OpenCLIP-G alone (its
+    penultimate hidden state without the final norm, and the pooled projection); `add_time_ids` are the refiner's
+    five numbers, original (h, w), crop (top, left) and the aesthetic score. An empty text is encoded, not
+    zeroed, as InvokeAI does for the refiner."""
+    _check_skip(text_encoder_2, skipped_layers + 1)
+    hidden, pooled = _encode(text_encoder_2, style, layer=-(2 + skipped_layers), normalize=False)
+    assert pooled is not None
+    time_ids = [original_height, original_width, crop_top, crop_left, aesthetic_score]
+    return Conditioning(embeds=hidden, pooled=pooled, add_time_ids=torch.tensor([time_ids], dtype=torch.float32))
+
+
 def _check_skip(text_encoder: TextEncoder, skip: int) -> None:
     layers = int(text_encoder.encoder.config.num_hidden_layers)
     if skip < 0 or skip >= layers:

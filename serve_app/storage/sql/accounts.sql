@@ -30,6 +30,10 @@ SELECT id, username, first_name, last_name, admin, created_at, last_login FROM u
 -- How many users exist.
 SELECT count(*) FROM users;
 
+-- name: count_admins
+-- Admins who can log in (authentication may only be turned on when one exists).
+SELECT count(*) FROM users WHERE admin AND password_hash <> '';
+
 -- name: other_admins
 -- Admins other than user $1 (by username, ignoring case).
 SELECT count(*) FROM users WHERE admin AND lower(username) <> lower($1);
@@ -85,3 +89,8 @@ ORDER BY created_at DESC, id DESC;
 -- name: delete_token_by_id
 -- Remove token $2 if it belongs to user $1; its id back, or no row.
 DELETE FROM auth_tokens WHERE user_id = $1 AND id = $2 RETURNING id;
+
+-- name: delete_tokens
+-- Remove every token of kind $1 (turning authentication on or off revokes all login sessions); how many.
+WITH deleted AS (DELETE FROM auth_tokens WHERE kind = $1 RETURNING id)
+SELECT count(*) FROM deleted;

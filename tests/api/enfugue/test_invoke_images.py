@@ -203,8 +203,8 @@ async def test_inputs_are_stored_as_images_the_graph_loads(idle_client, repo, tm
 
 
 async def test_still_unsupported_parameters_are_501(idle_client, repo):
-    response = await idle_client.post("/api/invoke", json={**SMALL, "control_image": data_url(gradient())})
-    assert_enfugue_error(response, 501, "NotImplementedError", "control_image")
+    response = await idle_client.post("/api/invoke", json={**SMALL, "fill_background": data_url(gradient())})
+    assert_enfugue_error(response, 501, "NotImplementedError", "fill_background")
     await assert_nothing_stored(repo)
 
 

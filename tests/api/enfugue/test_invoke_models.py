@@ -176,7 +176,7 @@ async def test_checkpoints_resolve_by_name_file_name_or_stem(idle, repo, pool):
         ({"vae": "mse"}, 400, "Cannot find or access VAE mse (stabilityai/sd-vae-ft-mse)"),
         ({"vae": 3}, 400, "vae"),
         ({"model": "demo-sdxl", "lora": LORA}, 400, "cannot be used with demo-sdxl"),
-        ({"refiner": "sd_xl_refiner_1.0.safetensors"}, 501, "refiner"),
+        ({"refiner": "sd_xl_refiner_1.0.safetensors"}, 400, "Cannot find or access sd_xl_refiner_1.0.safetensors"),
     ],
 )  # fmt: skip
 async def test_bad_model_parameters_are_refused_and_nothing_is_stored(idle, repo, params, status, detail):

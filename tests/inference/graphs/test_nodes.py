@@ -11,8 +11,8 @@ from serve_app.domain.errors import InvalidRequest
 from serve_app.domain.graph.fields import (
     CLIPField,
     ConditioningField,
-    ControlField,
     ImageField,
+    IPAdapterField,
     LoRAField,
     ModelIdentifierField,
     UNetField,
@@ -80,9 +80,11 @@ def test_adapters_on_denoise_latents_are_refused_clearly(demo: Demo) -> None:
         positive_conditioning=conditioning,
         negative_conditioning=conditioning,
         unet=UNetField(unet=model, scheduler=model),
-        control=ControlField(image=ImageField(image_name="x.png"), control_model=model),
+        ip_adapter=IPAdapterField(
+            image=ImageField(image_name="x.png"), ip_adapter_model=model, image_encoder_model=model
+        ),
     )
-    with pytest.raises(NotImplementedError, match="ControlNet"):
+    with pytest.raises(NotImplementedError, match="IP-Adapter"):
         _run(node, demo)
 
 
