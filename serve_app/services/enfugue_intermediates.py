@@ -4,7 +4,7 @@ The engine reports a small preview with its progress events (the latents' RGB ap
 inference/nodes/latents.preview). For Enfugue jobs that did not ask `intermediates: false`, the dispatcher hands
 those events here; every N steps (the `intermediate_steps` setting, Enfugue's `enfugue.engine.intermediates`,
 default 10, 0 for none; read when a job's first preview arrives) the preview is stored as
-`intermediates/<job hex>_<i>.png`, i being the output image its `denoise_<i>` node makes, overwriting the previous
+`intermediates/<job hex>_<i>.png`, i being the output image its denoise node works on, overwriting the previous
 one. The status object lists the ones that exist while the job runs (enfugue-api.md §7.2), and
 `GET /api/invocation/intermediates/<file>` serves them.
 
@@ -40,7 +40,12 @@ INTERMEDIATES_PREFIX = "intermediates/"
 # Enfugue's `intermediates.age`: previews older than this are deleted.
 PREVIEW_MAX_AGE = timedelta(seconds=3600)
 CLEANUP_EVERY_S = 60.0
-_DENOISE_NODE = re.compile(r"^denoise_(\d+)$")
+# The denoise nodes of output image i whose progress is shown: the sample's own (`denoise_<i>`), its refiner pass,
+# and, on a canvas, each region's and the final outpaint's (services/enfugue_regions.py), so a region job shows
+# the region being diffused. Upscale re-diffusion passes are left out: a preview there would shrink the image.
+_DENOISE_NODE = re.compile(
+    r"^(?:(?:refiner_)?denoise_(?P<sample>\d+)|region_\d+_(?P<region>\d+)_denoise|outpaint_(?P<outpaint>\d+)_denoise)$"
+)
 
 # The current preview interval in steps (the `intermediate_steps` setting; 0: no previews).
 PreviewInterval = Callable[[], Awaitable[int]]
@@ -78,7 +83,7 @@ class IntermediatePreviews:
         self._every = every
         self._interval = interval
         self._job_every: dict[uuid.UUID, int] = {}  # the interval each running job was given
-        self._stored: dict[tuple[uuid.UUID, int], int] = {}  # (job, output index) -> last stored step bucket
+        self._stored: dict[tuple[uuid.UUID, str], int] = {}  # (job, denoise node) -> last stored step bucket
 
     async def on_event(self, job_id: uuid.UUID, request: dict[str, Any], event: NodeEvent) -> None:
         if event.kind != "progress" or event.image is None or event.step is None:
@@ -89,11 +94,12 @@ class IntermediatePreviews:
         every = await self._every_for(job_id)
         if every < 1:
             return
-        index = int(match[1])
+        index = int(next(group for group in match.groups() if group is not None))
+        # Each denoise node counts its own steps, so the buckets are kept per node.
         bucket = event.step // every
-        if bucket == 0 or self._stored.get((job_id, index)) == bucket:
+        if bucket == 0 or self._stored.get((job_id, event.source_node_id)) == bucket:
             return
-        self._stored[(job_id, index)] = bucket
+        self._stored[(job_id, event.source_node_id)] = bucket
         png = _png_of(event.image)
         if png is None:
             return

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from serve_app.domain.errors import InvalidRequest, ModelNotFound, NotFound
-from serve_app.domain.generation import ENFUGUE_TO_INVOKEAI_SCHEDULER, GenerationRequest
+from serve_app.domain.generation import ENFUGUE_TO_INVOKEAI_SCHEDULER, GenerationRequest, RegionNode
 from serve_app.domain.models import ModelFamily, ModelRecord, ModelSpec, ModelType
 from serve_app.domain.ports import ModelCatalog, ModelRegistry, PresetStore
 from serve_app.domain.presets import ModelPreset, WeightedModel
@@ -149,9 +149,8 @@ class ModelResolver:
         upscalers = await resolve_upscalers(request, registry=self._registry, catalog=self._catalog)
         extras = dataclasses.replace(extras, upscalers=upscalers)
         size = request.size or main.spec.native_size
-        prompts = _with_model_prompts(request)
-        prompts = activate_embeddings(prompts, [(model.spec.name, name) for model, name in
-                                                zip(embeddings, request.inversion, strict=True)])  # fmt: skip
+        named = [(model.spec.name, name) for model, name in zip(embeddings, request.inversion, strict=True)]
+        prompts = activate_embeddings(_with_model_prompts(request), named)
         resolved = request.model_copy(
             update={
                 "model": main.spec.name,
@@ -160,6 +159,7 @@ class ModelResolver:
                 "height": size if request.height is None else request.height,
                 "model_prompt": None,
                 "model_negative_prompt": None,
+                "nodes": region_prompts(request, named),
                 **prompts,
             }
         )
@@ -425,7 +425,9 @@ def _join(text: str, extra: str | None) -> str:
     return ", ".join(part for part in (text.strip(), (extra or "").strip()) if part)
 
 
-def activate_embeddings(prompts: dict[str, str], embeddings: Sequence[tuple[str, str]]) -> dict[str, str]:
+def activate_embeddings(
+    prompts: dict[str, str], embeddings: Sequence[tuple[str, str]], *, append: bool = True
+) -> dict[str, str]:
     """Write each embedding (registry name, the name the request used) as `<name>` in the prompts, where the
     prompt encoder activates it (InvokeAI's syntax). A prompt that names it as a word (its name, the request's
     reference or its stem, any case) gets that word replaced; an embedding no prompt names is appended to the
@@ -439,6 +441,21 @@ def activate_embeddings(prompts: dict[str, str], embeddings: Sequence[tuple[str,
         for key, text in result.items():
             if token not in text:
                 result[key] = pattern.sub(token.replace("\\", "\\\\"), text)  # a literal replacement
-        if not any(token in text for text in result.values()):
+        if append and not any(token in text for text in result.values()):
             result["prompt"] = _join(result["prompt"], token)
     return result
+
+
+def region_prompts(request: GenerationRequest, embeddings: Sequence[tuple[str, str]]) -> list[RegionNode]:
+    """The canvas regions with their prompts resolved like the request's: a region without an image gets the
+    model prompts (one with an image is joined with the global prompt, which has them already), and every
+    region's words naming an embedding become `<name>` (the global prompt carries the embeddings no one names)."""
+    regions = []
+    for region in request.nodes:
+        model = region.image is None
+        prompts = {
+            "prompt": _join(region.prompt, request.model_prompt if model else None),
+            "negative_prompt": _join(region.negative_prompt, request.model_negative_prompt if model else None),
+        }
+        regions.append(region.model_copy(update=activate_embeddings(prompts, embeddings, append=False)))
+    return regions

@@ -10,7 +10,7 @@ patcher applies LoRA, LoHa and LoKr weights.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import PurePath
 from typing import Any
 
@@ -37,6 +37,8 @@ MODEL_DEFAULT_FIELDS = (
 )  # fmt: skip
 LYCORIS_FOLDER = "lycoris"
 _XL = frozenset({ModelFamily.SDXL, ModelFamily.SDXL_REFINER})
+# A refiner part runs on an SDXL refiner or on an SDXL model (services/enfugue_refiner.py).
+REFINER_BASES = _XL
 
 
 def check_preset(preset: ModelPreset) -> ModelPreset:
@@ -97,7 +99,10 @@ class PresetService:
         preset = await self._store.get(name)
         mains = await self._records(ModelType.MAIN)
         parts = {"model": preset.checkpoint, "refiner": preset.refiner, "inpainter": preset.inpainter}
-        status: dict[str, Any] = {part: _part_status(mains, file) if file else None for part, file in parts.items()}
+        status: dict[str, Any] = {
+            part: _part_status(mains, file, REFINER_BASES if part == "refiner" else RUNNABLE_BASES) if file else None
+            for part, file in parts.items()
+        }
         status["tensorrt"] = {
             engine: None if status[part] is None else {"supported": False, "xl": status[part]["xl"], "ready": False}
             for engine, part in (("base", "model"), ("inpainter", "inpainter"), ("refiner", "refiner"))
@@ -133,13 +138,13 @@ class PresetService:
         return [] if self._registry is None else await self._registry.find(type=type_.value)
 
 
-def _part_status(mains: Sequence[ModelRecord], reference: str) -> dict[str, Any]:
+def _part_status(mains: Sequence[ModelRecord], reference: str, runnable: Collection[ModelFamily]) -> dict[str, Any]:
     found = best_matches(mains, reference, lambda record: (record.name, record.path))
     if not found:
         # Enfugue's own guess, from the name alone.
         return {"supported": False, "xl": "xl" in reference.lower(), "ready": False}
     record = found[0]
-    return {"supported": record.base in RUNNABLE_BASES, "xl": record.base in _XL, "ready": True}
+    return {"supported": record.base in runnable, "xl": record.base in _XL, "ready": True}
 
 
 def _checkpoint_name(record: ModelRecord) -> str:

@@ -54,8 +54,13 @@ async def test_jobs_a_crashed_replica_left_end_as_errors_with_events(env: Instal
         InstallJob(id=0, status=InstallStatus.DOWNLOADING, source=URLSource(url="http://h/x.safetensors"))
     )
     part = await env.jobs.create_download(
-        DownloadJob(id=0, source="http://h/x.safetensors", dest=str(env.models_dir), install_job_id=install.id,
-                    status=DownloadStatus.RUNNING)  # fmt: skip
+        DownloadJob(
+            id=0,
+            source="http://h/x.safetensors",
+            dest=str(env.models_dir),
+            install_job_id=install.id,
+            status=DownloadStatus.RUNNING,
+        )
     )
     fresh = await env.jobs.create_install(InstallJob(id=0, source=URLSource(url="http://h/y.safetensors")))
     done = await env.jobs.create_install(InstallJob(id=0, source=URLSource(url="http://h/z.safetensors")))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from serve_app.domain.errors import InvalidRequest, ModelNotFound
-from serve_app.domain.generation import GenerationRequest
+from serve_app.domain.generation import GenerationRequest, RegionNode
 from serve_app.domain.models import ModelFamily, ModelFormat, ModelRecord, ModelType, derived_key
 from serve_app.domain.presets import ModelPreset, WeightedModel
 from serve_app.services.generation_graphs import GraphModel, txt2img_graph
@@ -137,6 +137,15 @@ async def test_status_of_each_part(filled, store):
     }
     await service.replace("p", ModelPreset(name="p", checkpoint="sd_xl_base_1.0.safetensors"))
     assert (await service.status("p"))["model"] == {"supported": True, "xl": True, "ready": True}
+    # Once installed, the refiner is a part this server runs (its base is no base model, but a refiner's).
+    refiner = record("sd_xl_refiner_1.0.safetensors", ModelType.MAIN, ModelFamily.SDXL_REFINER,
+                     f"{ROOT}/sd_xl_refiner_1.0.safetensors")  # fmt: skip
+    await filled.add_missing([refiner])
+    await service.replace("p", ModelPreset(name="p", checkpoint="realistic", refiner="sd_xl_refiner_1.0.safetensors",
+                                           inpainter="sd_xl_refiner_1.0.safetensors"))  # fmt: skip
+    status = await service.status("p")
+    assert status["refiner"] == {"supported": True, "xl": True, "ready": True}
+    assert status["inpainter"] == {"supported": False, "xl": True, "ready": True}
 
 
 # --- name matching -----------------------------------------------------------------------------------------------
@@ -219,6 +228,22 @@ async def test_a_preset_applies_its_models_and_defaults_and_the_request_wins_whe
     assert resolved.prompt == "a cat, RAW photo"
     assert resolved.negative_prompt == "<easyneg>, ugly, blurry"
     assert (resolved.model, resolved.model_type, resolved.model_prompt) == ("realistic", "checkpoint", None)
+
+
+async def test_canvas_regions_get_the_model_prompts_and_embeddings_too(resolver, store):
+    await store.create(ModelPreset(name="Detailed", checkpoint="realistic.safetensors", prompt="RAW photo",
+                                   negative_prompt="blurry", inversion=["easyneg.pt"]))  # fmt: skip
+    regions = [RegionNode(w=64, h=64, prompt="a dog", negative_prompt="EasyNeg"),
+               RegionNode(x=64, w=64, h=64, image="in.png", prompt="a cat")]  # fmt: skip
+    resolved = (await resolver.resolve(GenerationRequest(model="Detailed", prompt="park", nodes=regions))).request
+    # A prompt-only region is all its own prompt, so the model prompts join it; an image region is joined with the
+    # global prompt later (services/enfugue_regions.py), which has them already.
+    assert [(node.prompt, node.negative_prompt) for node in resolved.nodes] == [
+        ("a dog, RAW photo", "<easyneg>, blurry"),
+        ("a cat", ""),
+    ]
+    # The embedding no prompt named rides on the global prompt only.
+    assert resolved.prompt == "park, RAW photo, <easyneg>"
 
 
 async def test_a_preset_whose_checkpoint_is_gone_is_400_naming_it(resolver, store):

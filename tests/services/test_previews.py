@@ -40,15 +40,16 @@ def _preview(shade: int) -> dict[str, object]:
     return {"width": 8, "height": 8, "dataURL": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}
 
 
-def _progress(step: int) -> NodeEvent:
-    return NodeEvent(kind="progress", invocation={}, source_node_id="denoise_0", step=step, total=20,
+def _progress(step: int, node: str = "denoise_0") -> NodeEvent:
+    return NodeEvent(kind="progress", invocation={}, source_node_id=node, step=step, total=20,
                      image=_preview(step * 10))  # fmt: skip
 
 
-async def _stored_shade(store: FileObjectStore, job: uuid.UUID) -> int | None:
-    """The grey level of the job's stored preview (each step's preview has its own), None when there is none."""
+async def _stored_shade(store: FileObjectStore, job: uuid.UUID, index: int = 0) -> int | None:
+    """The grey level of the job's stored preview of output `index` (each step's preview has its own), None when
+    there is none."""
     try:
-        data = await store.get(intermediate_key(intermediate_name(job, 0)))
+        data = await store.get(intermediate_key(intermediate_name(job, index)))
     except ImageNotFound:
         return None
     with Image.open(io.BytesIO(data)) as image:
@@ -131,3 +132,20 @@ async def test_the_cleanup_loop_runs_until_cancelled(tmp_path: Path) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert task.cancelled()
+
+
+async def test_each_denoise_node_of_an_output_image_shows_its_progress(tmp_path: Path) -> None:
+    store = FileObjectStore(tmp_path)
+    previews = IntermediatePreviews(store, every=2)
+    job = uuid.uuid4()
+    # A canvas job: region 0 then region 1 of output image 1, then its final outpaint, each counting from step 1.
+    for node in ("region_0_1_denoise", "region_1_1_denoise", "outpaint_1_denoise", "refiner_denoise_1"):
+        await previews.on_event(job, ENFUGUE_JOB, _progress(2, node))
+        assert await _stored_shade(store, job, 1) == 20
+        await previews.on_event(job, ENFUGUE_JOB, _progress(4, node))
+        assert await _stored_shade(store, job, 1) == 40
+        await store.delete([intermediate_key(intermediate_name(job, 1))])
+    # Upscale re-diffusion and unrelated nodes store nothing.
+    for node in ("upscale_denoise_0_1", "l2i_0", "region_x_denoise"):
+        await previews.on_event(job, ENFUGUE_JOB, _progress(2, node))
+    assert [await _stored_shade(store, job, index) for index in (0, 1)] == [None, None]
