@@ -19,6 +19,7 @@ from serve_app.domain.accounts import (
     User,
 )
 from serve_app.domain.errors import InvalidRequest, NotFound, Unauthorized
+from serve_app.domain.ports import BusMessage, EventBus
 from serve_app.domain.rest_query import RestQuery
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,9 @@ _USERNAME = re.compile(r"^[a-zA-Z0-9_]+$")
 DEFAULT_SESSION_TTL = timedelta(hours=730)
 # How stale a token's `last_used_at` may get before a request refreshes it.
 TOUCH_INTERVAL = timedelta(minutes=1)
+# Published when every login session is revoked: each Ingress's Socket.IO hub then drops its connections, which
+# were accepted under the old rules (or with a token that no longer exists); clients reconnect and authenticate.
+SESSIONS_REVOKED_EVENT = "serve_app_sessions_revoked"
 INCORRECT_LOGIN = "Incorrect username or password."
 
 
@@ -51,8 +55,10 @@ class AccountService:
         *,
         session_ttl: timedelta = DEFAULT_SESSION_TTL,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        bus: EventBus | None = None,
     ) -> None:
         self._store = store
+        self._bus = bus
         self._hasher = hasher
         self._session_ttl = session_ttl
         self._now = now
@@ -163,6 +169,8 @@ class AccountService:
         silently; revoke one by its id."""
         count = await self._store.delete_tokens("session")
         log.info("authentication setting changed: revoked %d login sessions", count)
+        if self._bus is not None:
+            await self._bus.publish(BusMessage(event=SESSIONS_REVOKED_EVENT, room=None, data={}))
         return count
 
     # Sessions

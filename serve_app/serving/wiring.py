@@ -196,7 +196,7 @@ async def ingress_runtime(args: IngressArgs, jobs: JobGateway) -> AsyncIterator[
     images = ImageService(repo=images_repo, store=store, bus=bus)
     model_jobs = PgModelJobStore(pool)
     fetcher = HttpFetcher()
-    accounts = AccountService(PgAccountStore(pool), Argon2Hasher())
+    accounts = AccountService(PgAccountStore(pool), Argon2Hasher(), bus=bus)
     # Downloads may only write inside the models folder; local installs may also read the import roots.
     settings = SettingsService(
         PgSettingsStore(pool),

@@ -38,6 +38,7 @@ from fastapi import FastAPI
 from serve_app.api.auth import TOKEN_COOKIE
 from serve_app.domain.accounts import Identity
 from serve_app.domain.ports import BusMessage, EventSource, JobChange
+from serve_app.services.accounts import SESSIONS_REVOKED_EVENT
 
 if TYPE_CHECKING:
     from serve_app.api.deps import ApiContext, StatusEvents
@@ -172,6 +173,9 @@ class SocketHub:
                 logger.exception("socket hub: emitting %r failed", item)
 
     async def _messages_for(self, item: JobChange | BusMessage) -> list[BusMessage]:
+        if isinstance(item, BusMessage) and item.event == SESSIONS_REVOKED_EVENT:
+            await self._disconnect_all()
+            return []
         if isinstance(item, BusMessage):
             return [item]
         if self._status_events is None:
@@ -200,6 +204,14 @@ class SocketHub:
 
     async def _disconnect(self, sid: str, *_: Any) -> None:
         self._identities.pop(sid, None)
+
+    async def _disconnect_all(self) -> None:
+        """Drop every connection: their identities were checked under rules (or with tokens) that no longer hold."""
+        sids = list(self._identities)
+        for sid in sids:
+            await self.sio.disconnect(sid)
+        if sids:
+            logger.info("socket hub: sessions were revoked; dropped %d connections", len(sids))
 
     def _room_handler(self, field: str, *, join: bool) -> Callable[[str, Any], Any]:
         async def handle(sid: str, data: Any = None) -> None:

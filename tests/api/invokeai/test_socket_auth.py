@@ -149,3 +149,20 @@ async def test_queue_events_reach_their_owner_and_admins_only(server: Server, li
     assert summary(await alice.until_sentinel()) == expected
     assert summary(await root.until_sentinel()) == expected
     assert summary(await bob.until_sentinel()) == [("model_load_started", 1)]
+
+
+async def test_revoking_sessions_drops_every_connection(server: Server, listeners: list[Listener], pool: Any) -> None:
+    token = await server.token("alice")
+    alice = await connect(listeners, server, auth={"token": token})
+    dropped = asyncio.Event()
+    alice.client.on("disconnect", lambda *_: dropped.set())
+    # What `POST /api/settings {"auth": ...}` does on any replica: the hub hears it through Postgres.
+    revoking = AccountService(PgAccountStore(pool), FAST, bus=server.bus)
+    assert await revoking.revoke_sessions() >= 1
+    await asyncio.wait_for(dropped.wait(), WAIT_S)
+    assert not alice.client.connected
+    # Its token is gone, so it cannot come back with it.
+    client = socketio.AsyncClient(reconnection=False)
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await client.connect(server.url, socketio_path="/ws/socket.io", transports=["websocket"],
+                             auth={"token": token}, wait_timeout=WAIT_S)  # fmt: skip
