@@ -39,6 +39,7 @@ bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python loadtests/bench_overhead.py
 	HF_HUB_OFFLINE=1 $(BIN)/python loadtests/bench_events.py
 	HF_HUB_OFFLINE=1 $(BIN)/python loadtests/bench_models.py
+	HF_HUB_OFFLINE=1 $(BIN)/python loadtests/bench_enfugue.py
 	$(BIN)/python loadtests/bench_accounts.py
 
 clean:
