@@ -40,11 +40,12 @@ INTERMEDIATES_PREFIX = "intermediates/"
 # Enfugue's `intermediates.age`: previews older than this are deleted.
 PREVIEW_MAX_AGE = timedelta(seconds=3600)
 CLEANUP_EVERY_S = 60.0
-# The denoise nodes of output image i whose progress is shown: the sample's own (`denoise_<i>`), its refiner pass,
-# and, on a canvas, each region's and the final outpaint's (services/enfugue_regions.py), so a region job shows
-# the region being diffused. Upscale re-diffusion passes are left out: a preview there would shrink the image.
+# The denoise nodes of output image i whose progress is shown: the sample's own (`denoise_<i>`) and, on a canvas,
+# each region's, gap fill's and the final outpaint's (services/enfugue_regions.py), each with its refiner pass, so a
+# region job shows the region being diffused. Upscale re-diffusion passes are left out (the preview would shrink).
 _DENOISE_NODE = re.compile(
-    r"^(?:(?:refiner_)?denoise_(?P<sample>\d+)|region_\d+_(?P<region>\d+)_denoise|outpaint_(?P<outpaint>\d+)_denoise)$"
+    r"^(?:refiner_)?(?:denoise_(?P<sample>\d+)|region_\d+_(?P<region>\d+)(?:_gaps)?_denoise"
+    r"|outpaint_(?P<outpaint>\d+)_denoise)$"
 )
 
 # The current preview interval in steps (the `intermediate_steps` setting; 0: no previews).

@@ -13,6 +13,11 @@ prompt, a final inpaint fills it (prompt: every region's plus the global one); o
 The node images were stored at submit (services/enfugue_region_inputs.py) fitted to w × h, RGBA with their
 transparency, and `mask` set when the node has gaps or an inpaint mask. Prompt, image, latents, mask and
 control nodes are made once per region and shared by every output image.
+
+`build` returns the diffusion steps it made (each region's denoise, a gap fill's, the final outpaint's) for
+services/enfugue_refiner.py: the inpaint steps (inpaint regions, gap fills, the outpaint) run on the inpainter
+when the request has one, and each step gets the refiner pass with its region's refiner overrides (the
+outpaint: the request's), the region's prompts as the refiner's when the request names no refiner prompt.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from serve_app.domain.errors import InvalidRequest
 from serve_app.domain.generation import GenerationRequest, RegionNode
 from serve_app.domain.graph.invocations import SEED_MAX
+from serve_app.services.enfugue_refiner import DiffusionStep, RefinerSettings
 from serve_app.services.enfugue_upscale import EdgeFn, NodeFn, UpscaleBuilder
 
 if TYPE_CHECKING:
@@ -122,8 +128,11 @@ class _Shared:
 
     width: int  # the diffusion size (w, h rounded up to multiples of 8)
     height: int
+    prefix: str  # its nodes' id prefix, `region_<number>`
     positive: str = ""
     negative: str = ""
+    # The (text, `_2` text) its positive and negative encodings were made from (the refiner's, unless set).
+    texts: tuple[tuple[str, str | None], tuple[str, str | None]] = (("", None), ("", None))
     image: str = ""  # the stored image at (w, h)
     image8: str = ""  # ... at the diffusion size
     mask8: str = ""
@@ -147,8 +156,10 @@ class RegionGraph:
     sdxl: bool
     controlnets: Mapping[str, GraphModel] = field(default_factory=dict)
     control_node: ControlFn | None = None
+    steps: list[DiffusionStep] = field(default_factory=list)
 
-    def build(self, metadata: str, upscale: UpscaleBuilder | None) -> None:
+    def build(self, metadata: str, upscale: UpscaleBuilder | None) -> list[DiffusionStep]:
+        """Add every output image's canvas; returns the diffusion steps made (for the refiner and inpainter)."""
         request = self.request
         assert request.width is not None and request.height is not None
         shared = [self._shared(number, region) for number, region in enumerate(request.nodes)]
@@ -169,13 +180,14 @@ class RegionGraph:
             else:
                 upscale.add(canvas, index=index, seed=request.seed + index, output=f"output_{index}",
                             metadata=metadata)  # fmt: skip
+        return self.steps
 
     # -- per region ---------------------------------------------------------------------------------------------
 
     def _shared(self, number: int, region: RegionNode) -> _Shared:
         node, edge = self.node, self.edge
-        shared = _Shared(round8(region.w), round8(region.h))
         prefix = f"region_{number}"
+        shared = _Shared(round8(region.w), round8(region.h), prefix)
         if region.image is not None:
             shared.image = node(f"{prefix}_image", "image", image={"image_name": region.image})
             shared.image8 = self._resized(shared.image, f"{prefix}_image8", region, shared)
@@ -189,14 +201,13 @@ class RegionGraph:
                 return shared
         image_prompts = region.image is not None
         request = self.request
-        shared.positive, shared.negative = self._prompts(
-            prefix,
+        shared.texts = (
             (join(region.prompt, request.prompt if image_prompts else None),
              join(region.prompt_2, request.prompt_2 if image_prompts else None) or None),
             (join(region.negative_prompt, request.negative_prompt if image_prompts else None),
              join(region.negative_prompt_2, request.negative_prompt_2 if image_prompts else None) or None),
-            shared.width, shared.height,
         )  # fmt: skip
+        shared.positive, shared.negative = self._prompts(prefix, *shared.texts, shared.width, shared.height)
         if region.image is not None and (region.infer or region.inpaint):
             shared.latents = node(f"{prefix}_latents", "i2l")
             edge(shared.image8, "image", shared.latents, "image")
@@ -269,6 +280,8 @@ class RegionGraph:
         decoded = node(f"{prefix}_decoded", "l2i")
         edge(denoise, "latents", decoded, "latents")
         edge(self.decoder, "vae", decoded, "vae")
+        self.steps.append(DiffusionStep(denoise, bool(mask), f"{shared.prefix}_refiner", *shared.texts, shared.width,
+                                        shared.height, RefinerSettings.of(request, region)))  # fmt: skip
         return decoded
 
     # -- the canvas ---------------------------------------------------------------------------------------------
@@ -285,16 +298,15 @@ class RegionGraph:
         """Inpaint the canvas where no region covered it (its transparent area), and paste that area in."""
         node, edge, request = self.node, self.edge, self.request
         assert request.width is not None and request.height is not None
+        regions = request.nodes
+        texts = (
+            (join(*(r.prompt for r in regions), request.prompt), join(*(r.prompt_2 for r in regions),
+                                                                      request.prompt_2) or None),
+            (join(*(r.negative_prompt for r in regions), request.negative_prompt),
+             join(*(r.negative_prompt_2 for r in regions), request.negative_prompt_2) or None),
+        )  # fmt: skip
         if index == 0:
-            regions = request.nodes
-            self._prompts(
-                "outpaint",
-                (join(*(r.prompt for r in regions), request.prompt), join(*(r.prompt_2 for r in regions),
-                                                                          request.prompt_2) or None),
-                (join(*(r.negative_prompt for r in regions), request.negative_prompt),
-                 join(*(r.negative_prompt_2 for r in regions), request.negative_prompt_2) or None),
-                request.width, request.height,
-            )  # fmt: skip
+            self._prompts("outpaint", *texts, request.width, request.height)
         prefix = f"outpaint_{index}"
         covered = node(f"{prefix}_covered", "tomask")  # white = opaque = keep, in the engine's convention
         edge(canvas, "image", covered, "image")
@@ -317,6 +329,8 @@ class RegionGraph:
         decoded = node(f"{prefix}_decoded", "l2i")
         edge(denoise, "latents", decoded, "latents")
         edge(self.decoder, "vae", decoded, "vae")
+        self.steps.append(DiffusionStep(denoise, True, "outpaint_refiner", *texts, request.width, request.height,
+                                        RefinerSettings.of(request)))  # fmt: skip
         return self._paste(canvas, decoded, covered, 0, 0, node_id=f"output_{index}" if final else prefix,
                            final=final)  # fmt: skip
 

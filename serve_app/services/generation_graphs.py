@@ -153,8 +153,10 @@ def generation_graph(
                                                            in extras.upscalers.items()})  # fmt: skip
     if request.nodes:
         # Enfugue's canvas regions (services/enfugue_regions.py), each with its own prompts.
-        RegionGraph(node, edge, request, scheduler, sources, decoder, sdxl, extras.controlnets,
-                    control_node=control_node).build(metadata, upscale)  # fmt: skip
+        steps = RegionGraph(node, edge, request, scheduler, sources, decoder, sdxl, extras.controlnets,
+                            control_node=control_node).build(metadata, upscale)  # fmt: skip
+        # Each region's (and the final outpaint's) diffusion gets the inpainter and refiner as a single step does.
+        add_refiner_and_inpainter(nodes, edges, request, extras, steps)
         drop_nodes(nodes, edges, ("positive", "negative"))
         return _validated(nodes, edges, request)
     strength = strength_of(request) if request.image is not None else 1.0

@@ -1,5 +1,8 @@
-"""Model files on disk for ModelService: fingerprints, copies and moves that never replace anything, and removals.
-Blocking; the service runs them in threads."""
+"""Model files on disk for ModelService: fingerprints, copies and moves that never replace anything, and removals;
+ModelsFolder, the rules for which paths may be read and written. Blocking; the service runs them in threads.
+
+Files are touched only inside the models folder, except that registering and scanning may read from the
+configured import roots; every path is resolved (symlinks followed) and checked before anything is read."""
 
 from __future__ import annotations
 
@@ -9,9 +12,11 @@ import hashlib
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
-from serve_app.domain.errors import Conflict
+from serve_app.domain.errors import Conflict, Forbidden, InvalidRequest
+from serve_app.domain.models import ModelFamily, ModelRecord, ModelType
 
 FINGERPRINT_PREFIX = "fingerprint:"
 
@@ -123,3 +128,86 @@ def visible_entries(folder: Path) -> list[Path]:
         return sorted(entry for entry in folder.iterdir() if not entry.name.startswith("."))
     except (FileNotFoundError, NotADirectoryError):
         return []
+
+
+class ModelsFolder:
+    """The models folder (`<base>/<type>/<name>` for what is installed into it) and the import roots."""
+
+    def __init__(self, models_dir: Path, allowed_roots: Sequence[Path] = ()) -> None:
+        self.path = models_dir.absolute()
+        self._root = models_dir.resolve()
+        self._roots = [self._root, *(root.resolve() for root in allowed_roots)]
+
+    def checked(self, path: str) -> Path:
+        """`path` resolved (relative to the models folder, symlinks followed); Forbidden unless inside the models
+        folder or an import root. Nothing is read."""
+        if "\x00" in path or not path.strip():
+            raise InvalidRequest(f"Invalid path {path!r}")
+        resolved = (self.path / path).resolve()  # an absolute `path` replaces the models folder
+        if not any(resolved.is_relative_to(root) for root in self._roots):
+            raise Forbidden(f"{path} is outside the folders models may be read from")
+        return resolved
+
+    def contains(self, path: Path) -> bool:
+        resolved = path.resolve()
+        return resolved != self._root and resolved.is_relative_to(self._root)
+
+    def is_staging(self, path: Path) -> bool:
+        """Inside a hidden folder of the models folder (where installs download to), never a registered model."""
+        if not self.contains(path):
+            return False
+        return path.resolve().relative_to(self._root).parts[0].startswith(".")
+
+    def install_path(self, base: ModelFamily, type_: ModelType, name: str, origin: Path) -> Path:
+        stored_name = file_name(name)
+        if origin.is_file() and origin.suffix and not stored_name.endswith(origin.suffix):
+            stored_name += origin.suffix
+        return self.path / base / type_ / stored_name
+
+    def renames_for(self, record: ModelRecord, merged: ModelRecord) -> list[tuple[Path, Path]]:
+        """The renames that keep a model's files named after it: [(file or folder), (its config folder)]."""
+        old = Path(record.path)
+        if not self.contains(old) or not old.exists():
+            return []
+        installed_in = self.path / record.base / record.type
+        parent = self.path / merged.base / merged.type if old.parent == installed_in else old.parent
+        name = file_name(merged.name)
+        if old.is_file() and old.suffix and not name.endswith(old.suffix):
+            name += old.suffix
+        new = parent / name
+        if new == old:
+            return []
+        moves = [(old, new)]
+        if record.config_path is not None and Path(record.config_path) == companion(old) and companion(old).is_dir():
+            moves.append((companion(old), companion(new)))
+        return moves
+
+    def remove_files(self, record: ModelRecord) -> None:
+        """A model's file or folder and its config folder, where they are inside the models folder."""
+        path = Path(record.path)
+        config_dir = companion(path)
+        if record.config_path is not None and Path(record.config_path) == config_dir:
+            self.remove_inside(config_dir)
+        self.remove_inside(path)
+
+    def remove_inside(self, path: Path) -> None:
+        """Remove a file or folder if it is inside the models folder, then the folders it leaves empty
+        (`<base>/<type>/`)."""
+        if not self.contains(path):
+            return
+        remove(path)
+        self._prune_empty_parents(path)
+
+    def put_back(self, placed: Path, moved_from: Path) -> None:
+        """Undo a move into the models folder (a registration that failed gives a download back)."""
+        os.rename(placed, moved_from)
+        self._prune_empty_parents(placed)
+
+    def _prune_empty_parents(self, path: Path) -> None:
+        parent = path.parent
+        while parent != self.path and self.contains(parent):
+            try:
+                parent.rmdir()
+            except OSError:  # not empty (or gone)
+                break
+            parent = parent.parent

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from serve_app.domain.errors import InvalidRequest
-from serve_app.domain.generation import GenerationRequest
+from serve_app.domain.generation import GenerationRequest, RegionNode
 from serve_app.domain.models import ModelFamily, ModelFormat, ModelRecord, ModelType, ModelVariant, derived_key
 from serve_app.domain.presets import ModelPreset
 from serve_app.services.generation_graphs import GraphExtras, GraphModel, generation_graph
@@ -206,3 +206,119 @@ def test_an_inpainter_runs_the_inpaint_and_its_vae_encodes_and_decodes() -> None
 
     no_mask = _graph(request.model_copy(update={"mask": None}), SD1, extras)
     assert "inpainter" not in no_mask["nodes"] and _sources(no_mask, "denoise_0", "unet") == ["model"]
+
+
+# --- canvas regions ----------------------------------------------------------------------------------------------
+
+
+def _regions(nodes: list[RegionNode], main: ModelRecord = XL, **fields: Any) -> GenerationRequest:
+    return GenerationRequest(model=main.name, width=64, height=64, steps=10, seed=3, nodes=nodes, **fields)
+
+
+def test_each_region_gets_the_refiner_with_its_own_overrides_prompts_and_size() -> None:
+    extras = GraphExtras(refiner=GraphModel(REFINER.spec(), REFINER.hash))
+    left = RegionNode(x=0, y=0, w=32, h=64, prompt="a barn", negative_prompt="dark")
+    right = RegionNode(x=32, y=0, w=32, h=64, prompt="the sea", refiner_strength=0.5, refiner_guidance_scale=2.0,
+                       refiner_aesthetic_score=9.0)  # fmt: skip
+    off = RegionNode(x=0, y=0, w=16, h=16, prompt="a bird", refiner_strength=0.0)
+    graph = _graph(_regions([left, right, off], refiner="xl-refiner", refiner_strength=0.25, num_images=2), XL,
+                   extras)  # fmt: skip
+    nodes = graph["nodes"]
+
+    for index in range(2):
+        # The request's settings where the region sets none.
+        base, refine = nodes[f"region_0_{index}_denoise"], nodes[f"refiner_region_0_{index}_denoise"]
+        assert (base["denoising_start"], base["denoising_end"]) == (0.0, 0.75)
+        assert (refine["denoising_start"], refine["denoising_end"], refine["cfg_scale"]) == (0.75, 1.0, 5.0)
+        assert _sources(graph, refine["id"], "latents") == [f"region_0_{index}_denoise"]
+        assert _sources(graph, refine["id"], "unet") == ["refiner"]
+        assert _sources(graph, refine["id"], "positive_conditioning") == ["region_0_refiner_positive"]
+        assert _sources(graph, f"region_0_{index}_decoded", "latents") == [refine["id"]]
+        assert _sources(graph, f"region_0_{index}_decoded", "vae") == ["refiner"]
+        # The region's own.
+        base, refine = nodes[f"region_1_{index}_denoise"], nodes[f"refiner_region_1_{index}_denoise"]
+        assert (base["denoising_end"], refine["denoising_start"], refine["cfg_scale"]) == (0.5, 0.5, 2.0)
+        # Strength 0 on a region: its step is untouched, decoded by the main model.
+        assert f"refiner_region_2_{index}_denoise" not in nodes
+        assert nodes[f"region_2_{index}_denoise"]["denoising_end"] == 1.0
+        assert _sources(graph, f"region_2_{index}_decoded", "latents") == [f"region_2_{index}_denoise"]
+        assert _sources(graph, f"region_2_{index}_decoded", "vae") == ["model"]
+    # One pair of refiner prompts per refined region: its prompts, its scores, its size.
+    assert (nodes["region_0_refiner_positive"]["style"], nodes["region_0_refiner_negative"]["style"]) == \
+        ("a barn", "dark")  # fmt: skip
+    assert (nodes["region_0_refiner_positive"]["aesthetic_score"], nodes["region_1_refiner_positive"]
+            ["aesthetic_score"], nodes["region_1_refiner_negative"]["aesthetic_score"]) == (6.0, 9.0, 2.5)  # fmt: skip
+    assert nodes["region_1_refiner_positive"]["style"] == "the sea"
+    assert (nodes["region_0_refiner_positive"]["original_width"], nodes["region_0_refiner_positive"]
+            ["original_height"]) == (32, 64)  # fmt: skip
+    assert "region_2_refiner_positive" not in nodes
+    assert nodes["metadata"]["refiner_model"]["key"] == REFINER.key
+
+
+def test_the_final_outpaint_and_a_gap_fill_are_refined_and_the_requests_refiner_prompt_wins() -> None:
+    extras = GraphExtras(refiner=GraphModel(XL_OTHER.spec()), refiner_vae=GraphModel(XL_VAE.spec()))
+    gaps = RegionNode(x=0, y=0, w=32, h=32, prompt="a boat", image="i.png", mask="m.png", infer=True,
+                      refiner_strength=0.4)  # fmt: skip
+    request = _regions([gaps], refiner="xl-other", prompt="a harbour", refiner_prompt="sharp")
+    graph = _graph(request, XL, extras)
+    nodes = graph["nodes"]
+    # The gap fill and the img2img after it, both with the region's strength (an img2img starting later than the
+    # refiner leaves the rest to the refiner).
+    assert nodes["region_0_0_gaps_denoise"]["denoising_end"] == pytest.approx(0.6)
+    assert nodes["region_0_0_denoise"]["denoising_start"] == pytest.approx(0.2)
+    assert nodes["refiner_region_0_0_gaps_denoise"]["denoising_start"] == pytest.approx(0.6)
+    for decoded in ("region_0_0_gaps_decoded", "region_0_0_decoded", "outpaint_0_decoded"):
+        assert _sources(graph, decoded, "vae") == ["refiner_vae"]
+    # The re-encoded gap fill and the outpaint's inputs stay on the main VAE (the same latent space).
+    assert _sources(graph, "region_0_0_gaps_latents", "vae") == ["model"]
+    assert _sources(graph, "outpaint_0_latents", "vae") == ["model"]
+    # The outpaint: the request's strength (0.3), at the canvas size; an SDXL base refiner encodes with its CLIPs.
+    assert nodes["outpaint_0_denoise"]["denoising_end"] == pytest.approx(0.7)
+    assert _sources(graph, "refiner_outpaint_0_denoise", "positive_conditioning") == ["outpaint_refiner_positive"]
+    outpaint_prompt = nodes["outpaint_refiner_positive"]
+    assert (outpaint_prompt["prompt"], outpaint_prompt["target_width"]) == ("sharp", 64)
+    assert nodes["outpaint_refiner_negative"]["prompt"] == ""
+    assert nodes["region_0_refiner_positive"]["prompt"] == "sharp"
+    assert nodes["region_0_refiner_positive"]["target_width"] == 32
+
+
+def test_inpaint_regions_and_the_outpaint_run_on_the_inpainter_and_other_regions_do_not() -> None:
+    extras = GraphExtras(inpainter=GraphModel(SD1_INPAINT.spec()), inpainter_vae=GraphModel(SD1_VAE.spec()))
+    inpaint = RegionNode(x=0, y=0, w=32, h=64, image="i.png", mask="m.png", inpaint=True)
+    prompt = RegionNode(x=32, y=0, w=32, h=32, prompt="the sea")
+    graph = _graph(_regions([inpaint, prompt], SD1, inpainter="sd1-inpaint", prompt="a harbour"), SD1, extras)
+    nodes = graph["nodes"]
+    assert nodes["inpainter"]["model"]["key"] == SD1_INPAINT.key
+    for denoise in ("region_0_0_denoise", "outpaint_0_denoise"):
+        assert _sources(graph, denoise, "unet") == ["inpainter"]
+    for consumer in ("region_0_latents", "region_0_denoise_mask", "region_0_0_decoded", "outpaint_0_latents",
+                     "outpaint_0_mask", "outpaint_0_decoded"):  # fmt: skip
+        assert _sources(graph, consumer, "vae") == ["inpainter_vae"], consumer
+    assert _sources(graph, "region_1_0_denoise", "unet") == ["model"]
+    assert _sources(graph, "region_1_0_decoded", "vae") == ["model"]
+    # The prompts stay the main model's.
+    assert _sources(graph, "region_0_positive", "clip") == ["model"]
+
+    without = _graph(_regions([prompt], SD1, inpainter="sd1-inpaint"), SD1, extras)
+    assert "inpainter" not in without["nodes"]
+    # An img2img region with gaps: the gap fill is an inpaint, the img2img from the filled image is not.
+    gaps = RegionNode(x=0, y=0, w=64, h=64, image="i.png", mask="m.png", infer=True)
+    filled = _graph(_regions([gaps], SD1, inpainter="sd1-inpaint"), SD1, extras)
+    assert _sources(filled, "region_0_0_gaps_denoise", "unet") == ["inpainter"]
+    assert _sources(filled, "region_0_0_gaps_decoded", "vae") == ["inpainter_vae"]
+    assert _sources(filled, "region_0_0_denoise", "unet") == ["model"]
+    for consumer in ("region_0_0_gaps_latents", "region_0_0_decoded"):
+        assert _sources(filled, consumer, "vae") == ["model"], consumer
+
+
+def test_region_refiner_strength_zero_everywhere_or_no_refiner_adds_nothing() -> None:
+    regions = [RegionNode(x=0, y=0, w=32, h=64, prompt="a barn", refiner_strength=0.0),
+               RegionNode(x=32, y=0, w=32, h=64, prompt="the sea")]  # fmt: skip
+    without = _graph(_regions(regions, prompt="x"), XL, GraphExtras())
+    zero = _graph(_regions(regions, prompt="x", refiner="xl-refiner", refiner_strength=0.0), XL,
+                  GraphExtras(refiner=GraphModel(REFINER.spec())))  # fmt: skip
+    # The same graph (the metadata records the request, its refiner name included).
+    assert {k: v for k, v in zero["nodes"].items() if k != "metadata"} == \
+        {k: v for k, v in without["nodes"].items() if k != "metadata"}  # fmt: skip
+    assert zero["edges"] == without["edges"]
+    assert zero["nodes"]["metadata"].get("refiner_model") is None

@@ -139,7 +139,14 @@ async def test_each_denoise_node_of_an_output_image_shows_its_progress(tmp_path:
     previews = IntermediatePreviews(store, every=2)
     job = uuid.uuid4()
     # A canvas job: region 0 then region 1 of output image 1, then its final outpaint, each counting from step 1.
-    for node in ("region_0_1_denoise", "region_1_1_denoise", "outpaint_1_denoise", "refiner_denoise_1"):
+    for node in (
+        "region_0_1_denoise",
+        "region_1_1_gaps_denoise",
+        "refiner_region_1_1_denoise",
+        "outpaint_1_denoise",
+        "refiner_outpaint_1_denoise",
+        "refiner_denoise_1",
+    ):
         await previews.on_event(job, ENFUGUE_JOB, _progress(2, node))
         assert await _stored_shade(store, job, 1) == 20
         await previews.on_event(job, ENFUGUE_JOB, _progress(4, node))

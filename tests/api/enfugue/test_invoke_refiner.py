@@ -7,6 +7,7 @@ import base64
 import io
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,20 +33,33 @@ XL = {"model": "demo-sdxl", "prompt": "a lighthouse", "width": 64, "height": 64,
 SD1 = {**XL, "model": "demo-sd15"}
 
 
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """This module's own models folder (the shared one stays as other tests list it)."""
-    path = tmp_path_factory.mktemp("refiner-models")
+def refiner_models(path: Path) -> Path:
+    """A models folder with the demo models, a tiny SDXL refiner and a tiny SD1 inpainting model."""
     ensure_demo_models(path)
     tiny_models.sdxl_refiner_folder(path, name="tiny-refiner")
     tiny_models.sd1_inpaint_folder(path, name="tiny-inpaint")
     return path
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def stack(runtime: Any, pool: Any, models_dir: Path, storage: StorageArgs) -> AsyncIterator[httpx.AsyncClient]:
+@asynccontextmanager
+async def refiner_stack(
+    runtime: Any, pool: Any, models_dir: Path, storage: StorageArgs
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An Enfugue client over the in-process queue with `models_dir` registered."""
     await register_folder(pool, models_dir)
     async with preset_client(pool, runtime.service, build_store(storage)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This module's own models folder (the shared one stays as other tests list it)."""
+    return refiner_models(tmp_path_factory.mktemp("refiner-models"))
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def stack(runtime: Any, pool: Any, models_dir: Path, storage: StorageArgs) -> AsyncIterator[httpx.AsyncClient]:
+    async with refiner_stack(runtime, pool, models_dir, storage) as client:
         yield client
 
 
