@@ -53,6 +53,13 @@ UpscaleMethod = Literal["lanczos", "bilinear", "bicubic", "nearest", "esrgan", "
 DEFAULT_UPSCALE_DIFFUSION_PROMPT = "highly detailed, ultra-detailed, intricate detail, high definition, HD, 4k, 8k UHD"
 
 
+# Enfugue's `controlnet` names (enfugue-api.md §5.2); each maps to a repo (settings) and so to an installed model.
+ControlNetName = Literal[
+    "canny", "mlsd", "hed", "scribble", "tile", "inpaint", "depth", "normal", "pose", "pidi", "line", "anime",
+]  # fmt: skip
+CONTROLNET_NAMES: tuple[str, ...] = ControlNetName.__args__  # type: ignore[attr-defined]
+
+
 class UpscalePass(BaseModel):
     """One pass: resize to `scale` times the generated size with `method`, then (when `steps` is set) img2img at
     `strength`. `scale` counts from the generated image (the size is resolved at submit, after the dialect)."""
@@ -68,13 +75,9 @@ class UpscalePass(BaseModel):
     prompt_2: str | None = None
     negative_prompt: str = ""
     negative_prompt_2: str | None = None
-
-
-# Enfugue's `controlnet` names (enfugue-api.md §5.2); each maps to a repo (settings) and so to an installed model.
-ControlNetName = Literal[
-    "canny", "mlsd", "hed", "scribble", "tile", "inpaint", "depth", "normal", "pose", "pidi", "line", "anime",
-]  # fmt: skip
-CONTROLNET_NAMES: tuple[str, ...] = ControlNetName.__args__  # type: ignore[attr-defined]
+    # `upscale_diffusion_controlnet`: a ControlNet guiding the re-diffusion, whose control image is the upscaled
+    # image itself (through the detector for canny; as it is for tile).
+    controlnet: ControlNetName | None = None
 
 
 class ControlInput(BaseModel):
@@ -119,6 +122,10 @@ class RegionNode(BaseModel):
     refiner_guidance_scale: float | None = None
     refiner_aesthetic_score: float | None = None
     refiner_negative_aesthetic_score: float | None = None
+    # Enfugue's per-node inpaint options, as GenerationRequest's (parsed, not yet applied to regions).
+    inpaint_feather: int = Field(default=0, ge=0)
+    crop_inpaint: bool = False
+    scale_to_model_size: bool = False
 
 
 class GenerationRequest(BaseModel):
@@ -144,6 +151,10 @@ class GenerationRequest(BaseModel):
     size: int | None = None
     width: int | None = None
     height: int | None = None
+    # Enfugue's sliding-window diffusion of canvases larger than `size` (services/enfugue_chunking.py): the window
+    # stride and edge feather in pixels; None means Enfugue's default (size // 8), 0 turns chunking off.
+    chunking_size: int | None = None
+    chunking_blur: int | None = None
     # Given explicitly (in `model_fields_set`), they win over a model preset's default configuration; left
     # unset, the preset's values apply, else these defaults.
     steps: int = DEFAULT_STEPS
@@ -162,6 +173,13 @@ class GenerationRequest(BaseModel):
     image: str | None = None
     mask: str | None = None
     strength: float | None = None
+    # Enfugue's inpaint and img2img options (services/enfugue_inpaint_options.py). The defaults here are today's
+    # plain graph; the Enfugue dialect sends Enfugue's (feather 32, both flags true). `mask_box` is the bounding
+    # box (x, y, w, h) of the mask's repaint area, found when the mask is stored (None: no mask, or nothing black).
+    inpaint_feather: int = Field(default=0, ge=0)
+    crop_inpaint: bool = False
+    scale_to_model_size: bool = False
+    mask_box: tuple[int, int, int, int] | None = None
     # Enfugue's `intermediates`: False turns the job's progress previews off (None/True: on).
     intermediates: bool | None = None
     # Enfugue's opaque UI `state`, written back into each result PNG (`EnfugueUIState`) and not used otherwise.

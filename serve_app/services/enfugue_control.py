@@ -98,9 +98,11 @@ def control_input(control: ControlImage, stored_name: str) -> ControlInput:
 
 
 def used_controlnets(request: GenerationRequest) -> list[str]:
-    """The controlnet names a request uses (single-step and per region), each once, in order."""
+    """The controlnet names a request uses (single-step, per region and per upscale pass), each once, in order."""
     controls = [request.control, *(region.control for region in request.nodes)]
-    return list(dict.fromkeys(control.controlnet for control in controls if control is not None))
+    names = [control.controlnet for control in controls if control is not None]
+    names += [step.controlnet for step in request.upscale if step.controlnet is not None]
+    return list(dict.fromkeys(names))
 
 
 def controlnet_repo(name: str, base: ModelFamily, settings: Mapping[str, Any] | None) -> str:
@@ -157,17 +159,33 @@ def control_node(
     elif control.invert and not control.process:
         # InvokeAI's img_lerp with min 255, max 0 maps v to 255 - v.
         source = node(f"{prefix}_invert", "img_lerp", image=image, min=255, max=0)
-    controlnet = node(
+    controlnet = _controlnet(node, model, prefix, control.conditioning_scale, image=None if source else image)
+    if source is not None:
+        edge(source, "image", controlnet, "image")
+    return controlnet
+
+
+def image_control_node(node: NodeFn, edge: EdgeFn, name: str, model: GraphModel, *, image: str, prefix: str) -> str:
+    """ControlNet guidance whose control image another node makes (`image`: an upscale pass's resized sample):
+    through the detector for canny, as it is otherwise (tile). Returns the `controlnet` node's id."""
+    source = image
+    if name in DETECTORS:
+        source = node(f"{prefix}_canny", "canny_edge_detection")
+        edge(image, "image", source, "image")
+    controlnet = _controlnet(node, model, prefix, 1.0)
+    edge(source, "image", controlnet, "image")
+    return controlnet
+
+
+def _controlnet(node: NodeFn, model: GraphModel, prefix: str, weight: float, *, image: Any = None) -> str:
+    return node(
         f"{prefix}_controlnet",
         "controlnet",
         control_model=model.identifier(),
-        control_weight=control.conditioning_scale,
+        control_weight=weight,
         begin_step_percent=0.0,
         end_step_percent=1.0,
         control_mode="balanced",
         resize_mode="just_resize",
-        **({} if source is not None else {"image": image}),
+        **({} if image is None else {"image": image}),
     )
-    if source is not None:
-        edge(source, "image", controlnet, "image")
-    return controlnet

@@ -28,6 +28,7 @@ from serve_app.domain.images import image_key
 from serve_app.domain.imaging import DecodeLimits, decode_upload, encode_png
 from serve_app.domain.ports import ObjectStore
 from serve_app.services.enfugue_control import ControlImage, check_control, control_input
+from serve_app.services.enfugue_inpaint_options import mask_box
 
 Fit = Literal["actual", "stretch", "cover", "contain"]
 FITS: tuple[str, ...] = ("actual", "stretch", "cover", "contain")
@@ -171,7 +172,9 @@ async def prepare_inputs(
         await store.delete(keys)
         raise
     names = {"image": f"{stem}_input.png", "mask": None if mask is None else f"{stem}_mask.png"}
-    updated = request.model_copy(update={**names, "width": width, "height": height})
+    # The repaint area's box, for crop_inpaint (services/enfugue_inpaint_options.py).
+    box = None if mask is None else await asyncio.to_thread(mask_box, mask)
+    updated = request.model_copy(update={**names, "width": width, "height": height, "mask_box": box})
     return await _with_control(PreparedInputs(updated, keys), inputs, store, limits)
 
 

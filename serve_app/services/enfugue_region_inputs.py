@@ -39,8 +39,8 @@ _FILL = (127, 127, 127)
 
 class NodeBody(BaseModel):
     """One node as Enfugue's UI sends it. Unknown keys (`type`, `inpaint_controlnet`, ...) are ignored, as in
-    Enfugue; the options it has but this server does not run (`crop_inpaint`, `inpaint_feather`,
-    `scale_to_model_size`) too."""
+    Enfugue. `crop_inpaint` and `scale_to_model_size` are recorded on the region but not run yet; `inpaint_feather`
+    is (services/enfugue_inpaint_options.py)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -66,6 +66,10 @@ class NodeBody(BaseModel):
     fit: Literal["actual", "stretch", "cover", "contain"] | None = None
     anchor: str | None = None
     remove_background: bool = False
+    # Enfugue's defaults (services/enfugue_inpaint_options.py).
+    crop_inpaint: bool = True
+    inpaint_feather: int = Field(default=32, ge=0)
+    scale_to_model_size: bool = True
     inference_steps: int | None = Field(default=None, ge=1)
     guidance_scale: float | None = Field(default=None, ge=0)
     refiner_strength: float | None = Field(default=None, ge=0, le=1)
@@ -173,6 +177,9 @@ def _region(body: NodeBody, width: int, height: int, image: str | None, mask: st
         refiner_guidance_scale=body.refiner_guidance_scale,
         refiner_aesthetic_score=body.refiner_aesthetic_score,
         refiner_negative_aesthetic_score=body.refiner_negative_aesthetic_score,
+        crop_inpaint=body.crop_inpaint,
+        inpaint_feather=body.inpaint_feather,
+        scale_to_model_size=body.scale_to_model_size,
     )
 
 

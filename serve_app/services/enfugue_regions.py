@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from serve_app.domain.errors import InvalidRequest
 from serve_app.domain.generation import GenerationRequest, RegionNode
 from serve_app.domain.graph.invocations import SEED_MAX
+from serve_app.services.enfugue_inpaint_options import feathered_region_mask
 from serve_app.services.enfugue_refiner import DiffusionStep, RefinerSettings
 from serve_app.services.enfugue_upscale import EdgeFn, NodeFn, UpscaleBuilder
 
@@ -194,6 +195,8 @@ class RegionGraph:
             if region.mask is not None:
                 mask = node(f"{prefix}_mask_image", "image", image={"image_name": region.mask})
                 shared.mask8 = self._resized(mask, f"{prefix}_mask8", region, shared)
+                # An inpaint's `inpaint_feather` (services/enfugue_inpaint_options.py).
+                shared.mask8 = feathered_region_mask(node, edge, shared.mask8, prefix, region)
             if is_pass_through(region):
                 if region.mask is not None:
                     shared.alpha = node(f"{prefix}_alpha", "tomask", invert=True)

@@ -6,17 +6,21 @@ Each pass resizes the previous image to `scale` × the generated size: `img_resi
 `upscale_diffusion` it then re-diffuses the result (i2l → denoise from `1 - strength` → l2i), as Enfugue's
 "Re-diffusing Upscaled Sample". Enfugue diffuses large images in chunks; the engine diffuses the whole image at
 once, so the `upscale_diffusion_*chunking*` keys are accepted and ignored, as is `upscale_pipeline` (no refiner
-runs here) and `upscale_diffusion_controlnet` (no controlnet yet).
+runs here). `upscale_diffusion_controlnet` guides a pass's re-diffusion with a ControlNet whose control image is
+the upscaled image: canny (through the detector) and tile (as it is) run; the other names Enfugue handles need
+detectors this server lacks (400); the rest Enfugue ignores with a logged error, and so does this server.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from serve_app.domain.errors import InvalidRequest
 from serve_app.domain.generation import (
+    CONTROLNET_NAMES,
     DEFAULT_UPSCALE_DIFFUSION_PROMPT,
     MODEL_UPSCALE_METHODS,
     PIL_UPSCALE_METHODS,
@@ -26,6 +30,13 @@ from serve_app.domain.generation import (
 from serve_app.domain.graph.invocations import SEED_MAX
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+# `upscale_diffusion_controlnet` (enfugue-api.md §5.2): Enfugue handles these names and drops any other; of them,
+# canny and tile run here (a detector this server has, or none), the rest would need detector models.
+UPSCALE_CONTROLNETS = ("canny", "tile")
+_NEEDS_DETECTOR = ("hed", "scribble", "mlsd", "line", "anime", "depth", "normal")
 
 
 def per_pass(value: T | Sequence[T] | None, index: int, default: T) -> T:
@@ -65,6 +76,26 @@ def check_method(method: Any) -> str:
     return str(method)
 
 
+def check_upscale_controlnet(value: Any) -> str | None:
+    """One pass's `upscale_diffusion_controlnet`: a name that runs, None for none (or for a name Enfugue ignores),
+    InvalidRequest for a name that is no controlnet or needs a detector this server does not have."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or value not in CONTROLNET_NAMES:
+        raise InvalidRequest(f"Unknown controlnet {value!r}; expected one of {', '.join(CONTROLNET_NAMES)}",
+                             field="upscale_diffusion_controlnet")  # fmt: skip
+    if value in _NEEDS_DETECTOR:
+        raise InvalidRequest(
+            f"Upscale re-diffusion with `{value}` needs its detector, which this server does not have; use "
+            f"{' or '.join(UPSCALE_CONTROLNETS)}",
+            field="upscale_diffusion_controlnet",
+        )
+    if value not in UPSCALE_CONTROLNETS:
+        log.warning("upscale_diffusion_controlnet %s is not used for upscaling (as in Enfugue); running without", value)
+        return None
+    return value
+
+
 @dataclass(frozen=True)
 class UpscaleSettings:
     """Enfugue's upscale keys as sent: each `Any` is one value or a list with one value per pass."""
@@ -80,6 +111,7 @@ class UpscaleSettings:
     prompt_2: Any = None
     negative_prompt: Any = None
     negative_prompt_2: Any = None
+    controlnet: Any = None
 
     def passes(self) -> list[UpscalePass]:
         """The passes to run (none unless both `upscale` and an `outscale` above 1 are given, as in Enfugue);
@@ -102,6 +134,7 @@ class UpscaleSettings:
                     "prompt_2": per_pass(self.prompt_2, index, None),
                     "negative_prompt": per_pass(self.negative_prompt, index, ""),
                     "negative_prompt_2": per_pass(self.negative_prompt_2, index, None),
+                    "controlnet": check_upscale_controlnet(per_pass(self.controlnet, index, None)),
                 }
             result.append(UpscalePass.model_validate(values))
         return result
@@ -127,6 +160,11 @@ class UpscaleBuilder:
     decoder: str
     sdxl: bool
     upscalers: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    # The installed ControlNet per `upscale_diffusion_controlnet` name (resolved at submit), and the builder of its
+    # nodes from an image node (services/enfugue_control.image_control_node; injected, as that module builds on
+    # this one).
+    controlnets: Mapping[str, Any] = field(default_factory=dict)
+    control_node: Callable[..., str] | None = None
     _prompts: set[int] = field(default_factory=set)
 
     def add(self, decoded: str, *, index: int, seed: int, output: str, metadata: str) -> str:
@@ -180,6 +218,14 @@ class UpscaleBuilder:
         self.edge(negative, "conditioning", denoise, "negative_conditioning")
         self.edge(noise, "noise", denoise, "noise")
         self.edge(latents, "latents", denoise, "latents")
+        if step.controlnet is not None:
+            model = self.controlnets.get(step.controlnet)
+            if model is None or self.control_node is None:
+                raise InvalidRequest(f"No ControlNet model for `{step.controlnet}` is installed",
+                                     field="upscale_diffusion_controlnet")  # fmt: skip
+            control = self.control_node(self.node, self.edge, step.controlnet, model, image=image,
+                                        prefix=f"upscale_control_{index}_{number}")  # fmt: skip
+            self.edge(control, "control", denoise, "control")
         decoded = self.node(output or f"upscale_l2i_{index}_{number}", "l2i", is_intermediate=output is None)
         self.edge(denoise, "latents", decoded, "latents")
         self.edge(self.decoder, "vae", decoded, "vae")

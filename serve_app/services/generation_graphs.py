@@ -19,7 +19,9 @@ from serve_app.domain.generation import ENFUGUE_TO_INVOKEAI_SCHEDULER, Generatio
 from serve_app.domain.graph.graph import Graph
 from serve_app.domain.graph.invocations import SEED_MAX
 from serve_app.domain.models import ModelFamily, ModelSpec
-from serve_app.services.enfugue_control import control_node, single_control
+from serve_app.services.enfugue_chunking import chunk_steps
+from serve_app.services.enfugue_control import control_node, image_control_node, single_control
+from serve_app.services.enfugue_inpaint_options import apply_inpaint_options
 from serve_app.services.enfugue_refiner import add_refiner_and_inpainter
 from serve_app.services.enfugue_regions import RegionGraph, drop_nodes, paste_back, prompt_nodes
 from serve_app.services.enfugue_upscale import EdgeFn, NodeFn, UpscaleBuilder
@@ -150,13 +152,16 @@ def generation_graph(
     if request.upscale:
         upscale = UpscaleBuilder(node, edge, request.upscale, request.width, request.height, scheduler, sources,
                                  decoder, sdxl, upscalers={method: model.identifier() for method, model
-                                                           in extras.upscalers.items()})  # fmt: skip
+                                                           in extras.upscalers.items()},
+                                 controlnets=extras.controlnets, control_node=image_control_node)  # fmt: skip
     if request.nodes:
         # Enfugue's canvas regions (services/enfugue_regions.py), each with its own prompts.
         steps = RegionGraph(node, edge, request, scheduler, sources, decoder, sdxl, extras.controlnets,
                             control_node=control_node).build(metadata, upscale)  # fmt: skip
         # Each region's (and the final outpaint's) diffusion gets the inpainter and refiner as a single step does.
         add_refiner_and_inpainter(nodes, edges, request, extras, steps)
+        # Steps larger than the model's window diffuse in overlapping tiles (services/enfugue_chunking.py).
+        chunk_steps(nodes, request, main.spec.native_size, steps)
         drop_nodes(nodes, edges, ("positive", "negative"))
         return _validated(nodes, edges, request)
     strength = strength_of(request) if request.image is not None else 1.0
@@ -197,8 +202,11 @@ def generation_graph(
             edge(metadata, "metadata", output, "metadata")
         else:
             upscale.add(output, index=index, seed=request.seed + index, output=f"output_{index}", metadata=metadata)
+    # Enfugue's crop_inpaint, inpaint_feather and scale_to_model_size (services/enfugue_inpaint_options.py).
+    extras = apply_inpaint_options(nodes, edges, request, main.spec.native_size, extras)
     # The inpainting model's UNet for the inpaint, the SDXL refiner's for the end of the schedule.
     add_refiner_and_inpainter(nodes, edges, request, extras)
+    chunk_steps(nodes, request, main.spec.native_size)
     return _validated(nodes, edges, request)
 
 

@@ -349,10 +349,11 @@ _FIELDS = {ModelType.LORA: "lora", ModelType.VAE: "vae", ModelType.EMBEDDING: "i
 # Request keys whose preset value holds whatever the request says (Enfugue pops them).
 PRESET_HOLDS = ("lora", "lycoris", "inversion", "vae", "size", *PRESET_MODEL_FIELDS)
 # A preset's default configuration keys that generation uses, as GenerationRequest fields; the other
-# MODEL_DEFAULT_FIELDS (chunking, refiner and upscale settings) are kept but have nothing to act on yet.
+# MODEL_DEFAULT_FIELDS (refiner and upscale settings) are kept but have nothing to act on yet.
 CONFIG_FIELDS = {
     "width": "width", "height": "height", "num_inference_steps": "steps", "guidance_scale": "guidance_scale",
-    "prompt_2": "prompt_2", "negative_prompt_2": "negative_prompt_2", **REFINER_CONFIG_FIELDS,
+    "prompt_2": "prompt_2", "negative_prompt_2": "negative_prompt_2", "chunking_size": "chunking_size",
+    "chunking_blur": "chunking_blur", **REFINER_CONFIG_FIELDS,
 }  # fmt: skip
 
 _ALWAYS_SET = frozenset({"steps", "guidance_scale", *REFINER_CONFIG_FIELDS.values()})

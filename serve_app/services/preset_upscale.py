@@ -35,6 +35,7 @@ class _PresetUpscale(BaseModel):
     upscale_diffusion_prompt_2: str | list[str] | None = None
     upscale_diffusion_negative_prompt: str | list[str] | None = None
     upscale_diffusion_negative_prompt_2: str | list[str] | None = None
+    upscale_diffusion_controlnet: str | list[str] | None = None
 
 
 def preset_upscale_passes(name: str, config: Mapping[str, Any]) -> list[UpscalePass]:
@@ -59,6 +60,7 @@ def preset_upscale_passes(name: str, config: Mapping[str, Any]) -> list[UpscaleP
         prompt_2=keys.upscale_diffusion_prompt_2,
         negative_prompt=keys.upscale_diffusion_negative_prompt,
         negative_prompt_2=keys.upscale_diffusion_negative_prompt_2,
+        controlnet=keys.upscale_diffusion_controlnet,
     )
     try:
         return settings.passes()

@@ -52,6 +52,9 @@ class InvokeBody(BaseModel):
     # None: the model preset's default configuration, else Enfugue's defaults (40 and 7.5).
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
+    # Sliding-window diffusion (services/enfugue_chunking.py); None: the preset's, else size // 8.
+    chunking_size: int | None = Field(default=None, ge=0)
+    chunking_blur: int | None = Field(default=None, ge=0)
     scheduler: str | None = None
     # str | {model, weight} | a list of either (inversion: str | {model} | a list); checked in to_domain.
     lora: Any = None
@@ -70,6 +73,10 @@ class InvokeBody(BaseModel):
     fit: Literal["actual", "stretch", "cover", "contain"] | None = None
     anchor: Anchor | None = None
     remove_background: bool = False
+    # Enfugue's inpaint/img2img options with Enfugue's defaults (services/enfugue_inpaint_options.py).
+    crop_inpaint: bool = True
+    inpaint_feather: int = Field(default=32, ge=0)
+    scale_to_model_size: bool = True
     # Single-step ControlNet (services/enfugue_control.py): `controlnet` is checked there, with Enfugue's names.
     control_image: str | None = None
     controlnet: Any = None
@@ -90,6 +97,7 @@ class InvokeBody(BaseModel):
     upscale_diffusion_prompt_2: str | list[str] | None = None
     upscale_diffusion_negative_prompt: str | list[str] | None = None
     upscale_diffusion_negative_prompt_2: str | list[str] | None = None
+    upscale_diffusion_controlnet: str | list[str] | None = None
     # SDXL refiner and inpainting model (services/enfugue_refiner.py); the numbers unset: the preset's, else
     # Enfugue's defaults.
     refiner: str | None = None
@@ -120,6 +128,7 @@ class InvokeBody(BaseModel):
             prompt_2=self.upscale_diffusion_prompt_2,
             negative_prompt=self.upscale_diffusion_negative_prompt,
             negative_prompt_2=self.upscale_diffusion_negative_prompt_2,
+            controlnet=self.upscale_diffusion_controlnet,
         )
 
     def image_inputs(self) -> ImageInputs:
@@ -152,6 +161,8 @@ class InvokeBody(BaseModel):
             "size": self.size,
             "width": self.width,
             "height": self.height,
+            "chunking_size": self.chunking_size,
+            "chunking_blur": self.chunking_blur,
             "num_images": self.samples * self.iterations,
             "scheduler": self.scheduler or None,
             "lora": weighted_models("lora", self.lora),
@@ -159,6 +170,9 @@ class InvokeBody(BaseModel):
             "inversion": model_names("inversion", self.inversion),
             "vae": self.vae or None,
             "strength": self.strength,
+            "crop_inpaint": self.crop_inpaint,
+            "inpaint_feather": self.inpaint_feather,
+            "scale_to_model_size": self.scale_to_model_size,
             "state": self.state,
             "intermediates": self.intermediates,
             "upscale": self.upscale_settings().passes(),

@@ -35,6 +35,7 @@ from serve_app.domain.graph.latent_nodes import (
     NoiseInvocation,
     SchedulerName,
 )
+from serve_app.domain.graph.mask_nodes import ExpandMaskWithFadeInvocation
 from serve_app.domain.graph.model_nodes import (
     CLIPSkipInvocation,
     CompelInvocation,
@@ -64,6 +65,7 @@ from serve_app.domain.graph.refiner_nodes import (
     SDXLRefinerCompelPromptInvocation,
     SDXLRefinerModelLoaderInvocation,
 )
+from serve_app.domain.graph.tiled_nodes import TiledMultiDiffusionDenoiseLatents
 from serve_app.domain.graph.upscale_nodes import (
     SpandrelImageToImageAutoscaleInvocation,
     SpandrelImageToImageInvocation,
@@ -119,12 +121,14 @@ AnyInvocation = Annotated[
     | ImageCropInvocation
     | ImagePasteInvocation
     | MaskFromAlphaInvocation
+    | ExpandMaskWithFadeInvocation
     | ControlNetInvocation
     | CannyEdgeDetectionInvocation
     | CannyImageProcessorInvocation
     | ImageLerpInvocation
     | SpandrelImageToImageInvocation
-    | SpandrelImageToImageAutoscaleInvocation,
+    | SpandrelImageToImageAutoscaleInvocation
+    | TiledMultiDiffusionDenoiseLatents,
     Field(discriminator="type"),
 ]
 
@@ -163,12 +167,14 @@ _CLASSES: list[type[BaseInvocation]] = [
     ImageCropInvocation,
     ImagePasteInvocation,
     MaskFromAlphaInvocation,
+    ExpandMaskWithFadeInvocation,
     ControlNetInvocation,
     CannyEdgeDetectionInvocation,
     CannyImageProcessorInvocation,
     ImageLerpInvocation,
     SpandrelImageToImageInvocation,
     SpandrelImageToImageAutoscaleInvocation,
+    TiledMultiDiffusionDenoiseLatents,
 ]
 
 INVOCATIONS: dict[str, type[BaseInvocation]] = {cls.model_fields["type"].default: cls for cls in _CLASSES}

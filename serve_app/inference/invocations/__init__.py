@@ -4,7 +4,8 @@ The glue between the node schemas (`serve_app.domain.graph`), the diffusion oper
 (`serve_app.inference.nodes`) and the runtime (`NodeContext`). Primitives (values, collect, iterate,
 core_metadata) are the domain's own `PRIMITIVES`; the rest are split by family:
 `models` (loaders, clip_skip, LoRAs), `prompts`, `latents` (noise, denoise, VAE, masks), `images`,
-`control` (ControlNet, the canny detector, img_lerp), `upscaling` (spandrel image-to-image).
+`control` (ControlNet, the canny detector, img_lerp), `upscaling` (spandrel image-to-image), `tiled`
+(MultiDiffusion denoising).
 
 Not supported (a clear NotImplementedError when a graph uses them): IP-Adapter / T2I-Adapter inputs,
 regional (several or masked) conditionings, seamless tiling, FreeU.
@@ -15,7 +16,18 @@ from __future__ import annotations
 from serve_app.domain.graph.base import BaseInvocation, BaseInvocationOutput
 from serve_app.domain.graph.primitives import PRIMITIVES
 from serve_app.inference.graph_context import NodeContext
-from serve_app.inference.invocations import composite, control, images, latents, models, prompts, refiner, upscaling
+from serve_app.inference.invocations import (
+    composite,
+    control,
+    images,
+    latents,
+    masks,
+    models,
+    prompts,
+    refiner,
+    tiled,
+    upscaling,
+)
 from serve_app.inference.invocations._common import Implementation, typed
 
 __all__ = ["IMPLEMENTATIONS", "Implementation"]
@@ -58,10 +70,12 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
     "img_crop": typed(composite.img_crop),
     "img_paste": typed(composite.img_paste),
     "tomask": typed(composite.tomask),
+    "expand_mask_with_fade": typed(masks.expand_mask_with_fade),
     "controlnet": typed(control.controlnet),
     "canny_edge_detection": typed(control.canny_edge_detection),
     "canny_image_processor": typed(control.canny_image_processor),
     "img_lerp": typed(control.img_lerp),
     "spandrel_image_to_image": typed(upscaling.spandrel_image_to_image),
     "spandrel_image_to_image_autoscale": typed(upscaling.spandrel_image_to_image_autoscale),
+    "tiled_multi_diffusion_denoise_latents": typed(tiled.tiled_multi_diffusion_denoise_latents),
 }

@@ -33,6 +33,43 @@ StopCheck = Callable[[], bool]
 
 
 @dataclass(frozen=True)
+class UNetInputs:
+    """What every UNet pass of one denoise call reads besides the sample and timestep: the [negative, positive]
+    text embeddings (and attention mask, SDXL's added conditions), a 9-channel inpainting UNet's extra input
+    channels (over the whole latent) and the ControlNets."""
+
+    text: torch.Tensor
+    attention: torch.Tensor | None
+    added: dict[str, torch.Tensor] | None
+    extra: torch.Tensor | None
+    control: Sequence[ControlNetInput]
+
+
+# (unet, scaled [uncond, cond] model input, t, inputs, pass index, passes) -> the unguided noise prediction.
+UNetPass = Callable[[Any, torch.Tensor, torch.Tensor, UNetInputs, int, int], torch.Tensor]
+
+
+def unet_pass(
+    unet: Any, model_input: torch.Tensor, t: torch.Tensor, inputs: UNetInputs, step: int, total: int
+) -> torch.Tensor:
+    """One UNet pass over the whole `model_input`, ControlNet residuals added (the plain `denoise_latents`)."""
+    down, mid = control_residuals(inputs.control, model_input, t, inputs.text, inputs.added, step=step, total=total)
+    if inputs.extra is not None:
+        model_input = torch.cat([model_input, inputs.extra], dim=1)
+    prediction: torch.Tensor = unet(
+        model_input,
+        t,
+        encoder_hidden_states=inputs.text,
+        encoder_attention_mask=inputs.attention,
+        added_cond_kwargs=inputs.added,
+        down_block_additional_residuals=down,
+        mid_block_additional_residual=mid,
+        return_dict=False,
+    )[0]
+    return prediction
+
+
+@dataclass(frozen=True)
 class DenoiseMask:
     """An inpainting mask, InvokeAI's `DenoiseMaskField`.
 
@@ -149,6 +186,7 @@ def denoise(
     on_step: StepCallback | None = None,
     should_stop: StopCheck | None = None,
     control: Sequence[ControlNetInput] = (),
+    predict: UNetPass = unet_pass,
 ) -> Any:
     """The `denoise_latents` node: classifier-free guided denoising with our own loop over `unet`.
 
@@ -162,7 +200,9 @@ def denoise(
     when `noise` is None). `on_step(done, total, latents)` runs after every UNet pass (`total` counts passes of the
     cut schedule, so second-order schedulers report more than `steps`); `should_stop()` is polled before every pass
     and JobCanceled raised when it answers True. `control`: ControlNets whose residuals are added to every UNet
-    pass they are active on (see `nodes.control`). Returns latents [1, 4, h, w], float32 on the CPU."""
+    pass they are active on (see `nodes.control`). `predict`: how one UNet pass is made (`unet_pass`; the tiled
+    node's MultiDiffusion blends passes over tiles, nodes/tiled.py). Returns latents [1, 4, h, w], float32 on the
+    CPU."""
     _check_arguments(steps, cfg_scale, denoising_start, denoising_end, noise, latents)
     device, dtype = unet.device, unet.dtype
 
@@ -192,6 +232,7 @@ def denoise(
     inpaint_model = int(unet.config.in_channels) == 2 * LATENT_CHANNELS + 1
     extra = _inpaint_channels(denoise_mask, mask, orig) if inpaint_model else None
     text, attention, added = _batched_conditioning(positive, negative, device, dtype)
+    inputs = UNetInputs(text=text, attention=attention, added=added, extra=extra, control=control)
     kwargs = _step_kwargs(scheduler, seed, device)
     total = len(schedule.timesteps)
     order = int(scheduler.order)
@@ -202,19 +243,7 @@ def denoise(
         if mask is not None and denoise_mask is not None and not inpaint_model:
             sample = _apply_mask(scheduler, sample, orig, noise, mask, t, gradient=denoise_mask.gradient)
         model_input = scheduler.scale_model_input(torch.cat([sample] * 2), t)
-        down, mid = control_residuals(control, model_input, t, text, added, step=index, total=total)
-        if extra is not None:
-            model_input = torch.cat([model_input, extra], dim=1)
-        prediction = unet(
-            model_input,
-            t,
-            encoder_hidden_states=text,
-            encoder_attention_mask=attention,
-            added_cond_kwargs=added,
-            down_block_additional_residuals=down,
-            mid_block_additional_residual=mid,
-            return_dict=False,
-        )[0]
+        prediction = predict(unet, model_input, t, inputs, index, total)
         scale = _scale_at(cfg_scale, schedule.first_step + index // order)
         guided = _guided(prediction, scale, cfg_rescale_multiplier)
         sample = scheduler.step(guided, t, sample, **kwargs, return_dict=False)[0]

@@ -185,3 +185,52 @@ async def test_without_a_canvas_size_the_control_image_sets_it(idle, repo, pool,
     assert response.status_code == 200, response.text
     nodes = (await graph_of(repo, response.json()["data"]["uuid"]))["nodes"]
     assert (nodes["noise_0"]["width"], nodes["noise_0"]["height"]) == (48, 40)  # rounded up to multiples of 8
+
+
+TILE_REPO = "lllyasviel/control_v11f1e_sd15_tile"
+UPSCALE = {"upscale": "lanczos", "outscale": 2, "upscale_diffusion": True, "upscale_diffusion_steps": 3,
+           "upscale_diffusion_strength": 0.5}  # fmt: skip
+
+
+async def test_upscale_rediffusion_is_guided_by_the_upscaled_image(stack, runtime, pool, controlnet_path, tmp_path):
+    canny = await install(pool, controlnet_path, CANNY_REPO)
+    tile = await install(pool, controlnet_folder(tmp_path, name="tiny-tile", seed=3), TILE_REPO)
+    _, plain = await run(stack, **UPSCALE)
+    uid, guided = await run(stack, **UPSCALE, upscale_diffusion_controlnet="canny")
+    tile_uid, tiled = await run(stack, **UPSCALE, upscale_diffusion_controlnet=["tile"])
+    assert plain.shape == guided.shape == tiled.shape == (128, 128, 3)
+    assert np.abs(guided - plain).mean() > 0.5 and np.abs(tiled - plain).mean() > 0.5
+
+    nodes, edges = (graph := await graph_of(runtime.repo, uid))["nodes"], graph["edges"]
+    control = nodes["upscale_control_0_0_controlnet"]
+    assert control["control_model"]["key"] == canny.key and control["image"] is None  # it comes by edge
+    wired = {(e["source"]["node_id"], e["destination"]["node_id"], e["destination"]["field"]) for e in edges}
+    # The upscaled sample → canny → controlnet → the pass's denoise.
+    assert {("upscale_0_0", "upscale_control_0_0_canny", "image"),
+            ("upscale_control_0_0_canny", "upscale_control_0_0_controlnet", "image"),
+            ("upscale_control_0_0_controlnet", "upscale_denoise_0_0", "control")} <= wired  # fmt: skip
+    tile_nodes = (await graph_of(runtime.repo, tile_uid))["nodes"]
+    assert tile_nodes["upscale_control_0_0_controlnet"]["control_model"]["key"] == tile.key
+    assert not any(node["type"] == "canny_edge_detection" for node in tile_nodes.values())
+
+
+@pytest.mark.parametrize(
+    ("controlnet", "message"),
+    [
+        ("depth", "needs its detector"),
+        ("warp", "Unknown controlnet 'warp'"),
+        ("canny", f"No ControlNet model for `canny` is installed (install {CANNY_REPO})"),
+    ],
+)
+async def test_upscale_controlnets_that_cannot_run_are_400_with_nothing_stored(idle, repo, controlnet, message):
+    response = await idle.post("/api/invoke", json={**SMALL, **UPSCALE, "upscale_diffusion_controlnet": controlnet})
+    assert_enfugue_error(response, 400, "BadRequestError", message)
+    await assert_nothing_stored(repo)
+
+
+async def test_an_upscale_controlnet_enfugue_ignores_runs_without_one(idle, repo):
+    # Enfugue logs an error for names it does not handle in upscaling (pose, pidi, inpaint) and goes on.
+    response = await idle.post("/api/invoke", json={**SMALL, **UPSCALE, "upscale_diffusion_controlnet": "pose"})
+    assert response.status_code == 200, response.text
+    nodes = (await graph_of(repo, response.json()["data"]["uuid"]))["nodes"]
+    assert not any(node["type"] == "controlnet" for node in nodes.values())

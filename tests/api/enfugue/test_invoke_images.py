@@ -131,7 +131,9 @@ async def test_fit_and_anchor_place_the_image(client, fit, anchor, box):
 
 async def test_samples_times_iterations_images_with_consecutive_seeds_and_enfugue_chunks(client):
     state = {"canvas": {"width": 64}, "note": "opaque"}
-    body = {**SMALL, "image": data_url(gradient()), "samples": 2, "iterations": 2, "state": state}
+    # Not scaled up to the model's size (enfugue_inpaint_options.py): no intermediate images before the results.
+    body = {**SMALL, "image": data_url(gradient()), "samples": 2, "iterations": 2, "state": state,
+            "scale_to_model_size": False}  # fmt: skip
     response = await client.post("/api/invoke", json=body)
     assert response.status_code == 200, response.text
     uid = response.json()["data"]["uuid"]
@@ -189,8 +191,10 @@ async def test_inputs_are_removed_when_the_submit_fails(idle_client, repo, tmp_p
 
 
 async def test_inputs_are_stored_as_images_the_graph_loads(idle_client, repo, tmp_path):
-    response = await idle_client.post("/api/invoke", json={**SMALL, "image": data_url(gradient()),
-                                                           "mask": data_url(right_half_mask())})  # fmt: skip
+    # Without Enfugue's feather and scaling (enfugue_inpaint_options.py) the nodes load the stored inputs directly.
+    body = {**SMALL, "image": data_url(gradient()), "mask": data_url(right_half_mask()), "inpaint_feather": 0,
+            "scale_to_model_size": False}  # fmt: skip
+    response = await idle_client.post("/api/invoke", json=body)
     assert response.status_code == 200, response.text
     [job] = await repo.list_jobs()
     nodes = job.request["graph"]["nodes"]

@@ -29,7 +29,9 @@ from tests.support.tiny_models import controlnet_folder
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180)]
 
-SMALL = {"prompt": "", "width": 64, "height": 64, "num_inference_steps": 3, "seed": 5}
+# Single steps without Enfugue's feather and scaling (enfugue_inpaint_options.py): hard mask edges, as the regions'.
+SMALL = {"prompt": "", "width": 64, "height": 64, "num_inference_steps": 3, "seed": 5, "inpaint_feather": 0,
+         "scale_to_model_size": False}  # fmt: skip
 RED = (250, 10, 10)
 
 
@@ -117,7 +119,8 @@ async def test_an_infer_region_over_the_canvas_is_the_single_step_img2img(client
 
 
 async def test_an_inpaint_region_repaints_only_its_mask(client):
-    node = {"image": data_url(gradient()), "mask": data_url(right_half_mask()), "inpaint": True, "x": 0, "y": 0}
+    node = {"image": data_url(gradient()), "mask": data_url(right_half_mask()), "inpaint": True, "x": 0, "y": 0,
+            "inpaint_feather": 0}  # fmt: skip
     [first] = await run(client, prompt="a lighthouse", nodes=[node])
     [second] = await run(client, prompt="a lighthouse", nodes=[node], seed=6)
     source = np.asarray(gradient(), dtype=np.int16)

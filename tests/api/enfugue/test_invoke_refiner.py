@@ -160,7 +160,9 @@ async def test_unusable_refiners_and_inpainters_are_400(stack: httpx.AsyncClient
 
 async def test_an_inpaint_with_an_inpainter_runs_on_its_nine_channel_unet(stack: httpx.AsyncClient, runtime: Any,
                                                                          pool: Any) -> None:  # fmt: skip
-    inpaint = {**SD1, "image": data_url(gradient()), "mask": data_url(right_half_mask())}
+    # A hard mask edge (no feather), so the kept half is exactly the input's.
+    inpaint = {**SD1, "image": data_url(gradient()), "mask": data_url(right_half_mask()), "inpaint_feather": 0,
+               "scale_to_model_size": False}  # fmt: skip
     with_inpainter = await submit(stack, **inpaint, inpainter="tiny-inpaint")
     plain = await submit(stack, **inpaint)
     # Without a mask there is nothing to inpaint: the inpainter is resolved but not used.
