@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from serve_app.domain.errors import InvalidRequest
 from serve_app.domain.generation import (
     CONTROLNET_NAMES,
@@ -138,6 +140,42 @@ class UpscaleSettings:
                 }
             result.append(UpscalePass.model_validate(values))
         return result
+
+
+class UpscaleKeys(BaseModel):
+    """Enfugue's upscale keys as a request (api/enfugue/schemas.py InvokeBody) or a preset's default configuration
+    (services/preset_upscale.py) carries them: each `Any`/list is one value or a list with one value per pass."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    upscale: Any = None
+    outscale: int = Field(default=1, ge=1)
+    upscale_iterative: bool = False
+    upscale_diffusion: bool = False
+    upscale_diffusion_steps: int | list[int] | None = None
+    upscale_diffusion_guidance_scale: float | list[float] | None = None
+    upscale_diffusion_strength: float | list[float] | None = None
+    upscale_diffusion_prompt: str | list[str] | None = None
+    upscale_diffusion_prompt_2: str | list[str] | None = None
+    upscale_diffusion_negative_prompt: str | list[str] | None = None
+    upscale_diffusion_negative_prompt_2: str | list[str] | None = None
+    upscale_diffusion_controlnet: str | list[str] | None = None
+
+    def upscale_settings(self) -> UpscaleSettings:
+        return UpscaleSettings(
+            upscale=self.upscale,
+            outscale=self.outscale,
+            iterative=self.upscale_iterative,
+            diffusion=self.upscale_diffusion,
+            steps=self.upscale_diffusion_steps,
+            guidance_scale=self.upscale_diffusion_guidance_scale,
+            strength=self.upscale_diffusion_strength,
+            prompt=self.upscale_diffusion_prompt,
+            prompt_2=self.upscale_diffusion_prompt_2,
+            negative_prompt=self.upscale_diffusion_negative_prompt,
+            negative_prompt_2=self.upscale_diffusion_negative_prompt_2,
+            controlnet=self.upscale_diffusion_controlnet,
+        )
 
 
 NodeFn = Callable[..., str]

@@ -12,30 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from serve_app.domain.errors import InvalidRequest
 from serve_app.domain.generation import UpscalePass
-from serve_app.services.enfugue_upscale import UpscaleSettings
-
-
-class _PresetUpscale(BaseModel):
-    """The upscale keys of a default configuration, typed as the request's (api/enfugue/schemas.py)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    upscale: Any = None
-    outscale: int = Field(default=1, ge=1)
-    upscale_iterative: bool = False
-    upscale_diffusion: bool = False
-    upscale_diffusion_steps: int | list[int] | None = None
-    upscale_diffusion_guidance_scale: float | list[float] | None = None
-    upscale_diffusion_strength: float | list[float] | None = None
-    upscale_diffusion_prompt: str | list[str] | None = None
-    upscale_diffusion_prompt_2: str | list[str] | None = None
-    upscale_diffusion_negative_prompt: str | list[str] | None = None
-    upscale_diffusion_negative_prompt_2: str | list[str] | None = None
-    upscale_diffusion_controlnet: str | list[str] | None = None
+from serve_app.services.enfugue_upscale import UpscaleKeys
 
 
 def preset_upscale_passes(name: str, config: Mapping[str, Any]) -> list[UpscalePass]:
@@ -44,24 +25,11 @@ def preset_upscale_passes(name: str, config: Mapping[str, Any]) -> list[UpscaleP
     if config.get("upscale") in (None, "", []):
         return []
     try:
-        keys = _PresetUpscale.model_validate({key: value for key, value in config.items() if value is not None})
+        keys = UpscaleKeys.model_validate({key: value for key, value in config.items() if value is not None})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors())
         raise InvalidRequest(f"Model {name} has unusable defaults: {problems}", field="model") from None
-    settings = UpscaleSettings(
-        upscale=keys.upscale,
-        outscale=keys.outscale,
-        iterative=keys.upscale_iterative,
-        diffusion=keys.upscale_diffusion,
-        steps=keys.upscale_diffusion_steps,
-        guidance_scale=keys.upscale_diffusion_guidance_scale,
-        strength=keys.upscale_diffusion_strength,
-        prompt=keys.upscale_diffusion_prompt,
-        prompt_2=keys.upscale_diffusion_prompt_2,
-        negative_prompt=keys.upscale_diffusion_negative_prompt,
-        negative_prompt_2=keys.upscale_diffusion_negative_prompt_2,
-        controlnet=keys.upscale_diffusion_controlnet,
-    )
+    settings = keys.upscale_settings()
     try:
         return settings.passes()
     except InvalidRequest as exc:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
 from serve_app.domain.errors import InvalidRequest
 from serve_app.domain.generation import GenerationRequest
@@ -15,7 +15,7 @@ from serve_app.domain.jobs import Job, JobStatus
 from serve_app.domain.presets import ModelPreset, WeightedModel
 from serve_app.services.enfugue_control import ControlImage
 from serve_app.services.enfugue_images import ImageInputs
-from serve_app.services.enfugue_upscale import UpscaleSettings
+from serve_app.services.enfugue_upscale import UpscaleKeys
 from serve_app.services.presets import MODEL_DEFAULT_FIELDS
 
 # Parameters Enfugue accepts that this server does not run yet. Ignoring them silently would
@@ -32,8 +32,9 @@ Anchor = Literal[
 CANCELED_MESSAGE = "The invocation was canceled."
 
 
-class InvokeBody(BaseModel):
-    """`POST /api/invoke`. Unknown keys are ignored, as Enfugue does; types are checked (Enfugue did not)."""
+class InvokeBody(UpscaleKeys):
+    """`POST /api/invoke`. Unknown keys are ignored, as Enfugue does; types are checked (Enfugue did not). The
+    upscale keys are UpscaleKeys' (shared with a preset's default configuration)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -85,19 +86,6 @@ class InvokeBody(BaseModel):
     invert_control_image: bool = False
     # Canvas regions (enfugue-api.md §5.3): checked, and their images stored, by services.enfugue_region_inputs.
     nodes: list[dict[str, Any]] | None = None
-    # Upscale (services/enfugue_upscale.py): each `Any` is one value or a list with one value per pass.
-    upscale: Any = None
-    outscale: int = Field(default=1, ge=1)
-    upscale_iterative: bool = False
-    upscale_diffusion: bool = False
-    upscale_diffusion_steps: int | list[int] | None = None
-    upscale_diffusion_guidance_scale: float | list[float] | None = None
-    upscale_diffusion_strength: float | list[float] | None = None
-    upscale_diffusion_prompt: str | list[str] | None = None
-    upscale_diffusion_prompt_2: str | list[str] | None = None
-    upscale_diffusion_negative_prompt: str | list[str] | None = None
-    upscale_diffusion_negative_prompt_2: str | list[str] | None = None
-    upscale_diffusion_controlnet: str | list[str] | None = None
     # SDXL refiner and inpainting model (services/enfugue_refiner.py); the numbers unset: the preset's, else
     # Enfugue's defaults.
     refiner: str | None = None
@@ -114,22 +102,6 @@ class InvokeBody(BaseModel):
     inpainter: str | None = None
     inpainter_size: int | None = Field(default=None, gt=0)
     inpainter_vae: str | None = None
-
-    def upscale_settings(self) -> UpscaleSettings:
-        return UpscaleSettings(
-            upscale=self.upscale,
-            outscale=self.outscale,
-            iterative=self.upscale_iterative,
-            diffusion=self.upscale_diffusion,
-            steps=self.upscale_diffusion_steps,
-            guidance_scale=self.upscale_diffusion_guidance_scale,
-            strength=self.upscale_diffusion_strength,
-            prompt=self.upscale_diffusion_prompt,
-            prompt_2=self.upscale_diffusion_prompt_2,
-            negative_prompt=self.upscale_diffusion_negative_prompt,
-            negative_prompt_2=self.upscale_diffusion_negative_prompt_2,
-            controlnet=self.upscale_diffusion_controlnet,
-        )
 
     def image_inputs(self) -> ImageInputs:
         """The inline images and how to fit them (decoded by services.enfugue_images)."""

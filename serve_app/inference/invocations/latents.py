@@ -6,7 +6,7 @@ all CPU float32 with a batch of 1 (the `serve_app.inference.nodes` conventions).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -28,6 +28,7 @@ from serve_app.domain.graph.outputs import (
     LatentsOutput,
     NoiseOutput,
 )
+from serve_app.domain.graph.tiled_nodes import TiledMultiDiffusionDenoiseLatents
 from serve_app.domain.images import ImageCategory
 from serve_app.domain.models import ModelFamily, ModelType
 from serve_app.inference.graph_context import NodeContext
@@ -121,6 +122,17 @@ def denoise_latents(node: DenoiseLatentsInvocation, context: NodeContext) -> Lat
     The UNet handle's LoRAs are merged for the call; progress (with a latent-space preview) is reported after
     every UNet pass, and the call stops at the next pass once the item is canceled."""
     _reject_adapters(node)
+    return run_denoise(node, context, denoise)
+
+
+# What denoise_latents and tiled_multi_diffusion_denoise_latents share: a UNet handle, two conditionings, noise
+# and/or latents, ControlNets, the schedule, a mask.
+Denoising = DenoiseLatentsInvocation | TiledMultiDiffusionDenoiseLatents
+
+
+def run_denoise(node: Denoising, context: NodeContext, run: Callable[..., torch.Tensor]) -> LatentsOutput:
+    """Read a denoising node's inputs, call `run` (nodes.latents.denoise, or a tiled variant with its tile
+    options bound) with the UNet (LoRAs merged) and its scheduler, and store the resulting latents."""
     unet_field = required(node, "unet", node.unet)
     if unet_field.seamless_axes or unet_field.freeu_config:
         raise NotImplementedError("Seamless tiling and FreeU are not supported by this server")
@@ -142,11 +154,11 @@ def denoise_latents(node: DenoiseLatentsInvocation, context: NodeContext) -> Lat
     noise_tensor, latents_tensor = _tensor(context, node.noise), _tensor(context, node.latents)
     reference = noise_tensor if noise_tensor is not None else latents_tensor
     control = []
-    if reference is not None:  # else denoise() refuses the call itself
+    if reference is not None:  # else `run` refuses the call itself
         size = (reference.shape[3] * LATENT_SCALE, reference.shape[2] * LATENT_SCALE)
         control = control_inputs(context, node.control, spec, node.steps, *size)
     with components.unet_with_loras(spec, lora_weights(context, unet_field.loras)) as unet:
-        result = denoise(
+        result = run(
             unet,
             components.scheduler(scheduler_spec, node.scheduler, seed=seed),
             positive,

@@ -15,13 +15,9 @@ import pytest_asyncio
 
 from serve_app.api.app import create_app
 from serve_app.domain.models import ModelFamily, ModelFormat, ModelRecord, ModelType
-from serve_app.services.jobs import JobService
 from serve_app.serving.args import StorageArgs
-from serve_app.serving.wiring import build_catalog, build_store
 from serve_app.storage.model_registry import PgModelRegistry
-from serve_app.storage.preset_repository import PgPresetStore
-from tests.api.conftest import TEST_LIMITS
-from tests.api.enfugue.preset_support import preset_client, register_folder
+from tests.api.enfugue.preset_support import idle_client, running_client
 from tests.api.test_enfugue_flow import fetch_png, finished, wait_for
 from tests.api.test_enfugue_validation import assert_enfugue_error, assert_nothing_stored
 from tests.support.http_files import FileServer
@@ -55,19 +51,14 @@ async def install(pool: Any, path: Path) -> ModelRecord:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def stack(runtime, pool, models_dir: Path, storage: StorageArgs) -> AsyncIterator[httpx.AsyncClient]:
-    await register_folder(pool, models_dir)
-    async with preset_client(pool, runtime.service, build_store(storage)) as client:
+    async with running_client(runtime, pool, models_dir, storage) as client:
         yield client
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def idle(pool, repo, models_dir: Path, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     """The registry-backed JobService with no dispatcher: jobs stay pending, their graphs can be read back."""
-    await register_folder(pool, models_dir)
-    store = build_store(StorageArgs(url=(tmp_path / "idle-files").as_uri()))
-    jobs = JobService(repo=repo, catalog=build_catalog(str(models_dir), "demo-sd15"), store=store,
-                      limits=TEST_LIMITS, registry=PgModelRegistry(pool), presets=PgPresetStore(pool))  # fmt: skip
-    async with preset_client(pool, jobs, store) as client:
+    async with idle_client(pool, repo, models_dir, tmp_path / "idle-files") as client:
         yield client
 
 

@@ -19,8 +19,7 @@ import pytest_asyncio
 from PIL import Image
 
 from serve_app.serving.args import StorageArgs
-from serve_app.serving.wiring import build_store
-from tests.api.enfugue.preset_support import preset_client, register_folder
+from tests.api.enfugue.preset_support import running_client
 from tests.api.enfugue.test_invoke_control import CANNY_REPO, install, square
 from tests.api.enfugue.test_invoke_images import data_url, files_under, gradient, right_half_mask
 from tests.api.test_enfugue_flow import fetch_png, finished, wait_for
@@ -218,8 +217,7 @@ async def test_node_images_are_stored_fitted_with_their_gaps_as_the_mask(idle_cl
 @pytest_asyncio.fixture(loop_scope="session")
 async def stack(runtime, pool, models_dir: Path, storage: StorageArgs) -> AsyncIterator[httpx.AsyncClient]:
     """The in-process stack with the demo models in the registry (where installed ControlNets are found)."""
-    await register_folder(pool, models_dir)
-    async with preset_client(pool, runtime.service, build_store(storage)) as client:
+    async with running_client(runtime, pool, models_dir, storage) as client:
         yield client
 
 

@@ -7,7 +7,6 @@ import base64
 import io
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,8 @@ from PIL import Image
 from serve_app.domain.models import model_keys_in
 from serve_app.inference.tiny import ensure_demo_models
 from serve_app.serving.args import StorageArgs
-from serve_app.serving.wiring import build_store
 from serve_app.storage.model_registry import PgModelRegistry
-from tests.api.enfugue.preset_support import preset_client, register_folder
+from tests.api.enfugue.preset_support import running_client
 from tests.api.test_enfugue_flow import finished, wait_for
 from tests.api.test_enfugue_validation import assert_enfugue_error, assert_nothing_stored
 from tests.support import tiny_models
@@ -41,16 +39,6 @@ def refiner_models(path: Path) -> Path:
     return path
 
 
-@asynccontextmanager
-async def refiner_stack(
-    runtime: Any, pool: Any, models_dir: Path, storage: StorageArgs
-) -> AsyncIterator[httpx.AsyncClient]:
-    """An Enfugue client over the in-process queue with `models_dir` registered."""
-    await register_folder(pool, models_dir)
-    async with preset_client(pool, runtime.service, build_store(storage)) as client:
-        yield client
-
-
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """This module's own models folder (the shared one stays as other tests list it)."""
@@ -59,7 +47,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def stack(runtime: Any, pool: Any, models_dir: Path, storage: StorageArgs) -> AsyncIterator[httpx.AsyncClient]:
-    async with refiner_stack(runtime, pool, models_dir, storage) as client:
+    async with running_client(runtime, pool, models_dir, storage) as client:
         yield client
 
 

@@ -16,6 +16,7 @@ import pytest_asyncio
 
 from serve_app.domain.models import model_keys_in
 from serve_app.serving.args import StorageArgs
+from tests.api.enfugue.preset_support import running_client
 from tests.api.enfugue.test_invoke_refiner import (
     data_url,
     gradient,
@@ -23,7 +24,6 @@ from tests.api.enfugue.test_invoke_refiner import (
     key_of,
     pixels,
     refiner_models,
-    refiner_stack,
     right_half_mask,
     submit,
 )
@@ -42,7 +42,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def stack(runtime: Any, pool: Any, models_dir: Path, storage: StorageArgs) -> AsyncIterator[httpx.AsyncClient]:
-    async with refiner_stack(runtime, pool, models_dir, storage) as client:
+    async with running_client(runtime, pool, models_dir, storage) as client:
         yield client
 
 

@@ -16,8 +16,7 @@ import pytest_asyncio
 from PIL import Image
 
 from serve_app.serving.args import StorageArgs
-from serve_app.serving.wiring import build_store
-from tests.api.enfugue.preset_support import preset_client, register_folder
+from tests.api.enfugue.preset_support import running_client
 from tests.api.enfugue.test_invoke_models import SMALL, graph_of, idle, submit
 from tests.api.test_enfugue_flow import finished, wait_for
 from tests.api.test_enfugue_validation import assert_enfugue_error, assert_nothing_stored
@@ -83,8 +82,7 @@ async def test_an_unusable_preset_upscale_is_400_and_stores_nothing(idle, repo, 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def stack(runtime, pool, models_dir: Path, storage: StorageArgs) -> AsyncIterator[httpx.AsyncClient]:
-    await register_folder(pool, models_dir)
-    async with preset_client(pool, runtime.service, build_store(storage)) as client:
+    async with running_client(runtime, pool, models_dir, storage) as client:
         yield client
 
 
