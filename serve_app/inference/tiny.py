@@ -107,24 +107,8 @@ def build_tiny_sdxl(seed: int = 0) -> Any:
         # them apart by the size of their position embeddings.
         text_encoder = CLIPTextModel(_clip_config(tokenizer, hidden=32, act="quick_gelu"))
         text_encoder_2 = CLIPTextModelWithProjection(_clip_config(tokenizer_2, hidden=64, act="gelu", projection=32))
-        time_dim = 8
-        unet = UNet2DConditionModel(  # type: ignore[no-untyped-call]
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            layers_per_block=2,
-            block_out_channels=(32, 64),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            transformer_layers_per_block=(1, 2),
-            attention_head_dim=(2, 4),
-            use_linear_projection=True,
-            cross_attention_dim=32 + 64,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=time_dim,
-            # Six size/crop numbers, each embedded, plus the pooled text embedding of encoder 2.
-            projection_class_embeddings_input_dim=6 * time_dim + 32,
-        )
+        # Six size/crop numbers as time ids; the UNet attends to both encoders' hidden states.
+        unet = _sdxl_unet(cross_attention_dim=32 + 64, time_ids=6)
         vae = _vae(scaling_factor=0.13025)
         scheduler = EulerDiscreteScheduler.from_config(_SDXL_SCHEDULER)  # type: ignore[no-untyped-call]
         pipe: Any = StableDiffusionXLPipeline(  # type: ignore[no-untyped-call]
@@ -141,6 +125,27 @@ def build_tiny_sdxl(seed: int = 0) -> Any:
     return pipe
 
 
+def _sdxl_unet(*, cross_attention_dim: int, time_ids: int, time_dim: int = 8, pooled: int = 32) -> Any:
+    """The tiny SDXL-shaped UNet (text_time conditioning): each time id is embedded in `time_dim` numbers and
+    joined with the `pooled` text embedding of encoder 2."""
+    return UNet2DConditionModel(  # type: ignore[no-untyped-call]
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        cross_attention_dim=cross_attention_dim,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=time_ids * time_dim + pooled,
+    )
+
+
 def build_tiny_sdxl_refiner(seed: int = 0) -> Any:
     """An SDXL-refiner-shaped pipeline: OpenCLIP-style `text_encoder_2` only (no CLIP-L), a UNet whose added
     embedding takes five time ids (original size, crop, aesthetic score) plus the pooled text embedding, the
@@ -149,25 +154,8 @@ def build_tiny_sdxl_refiner(seed: int = 0) -> Any:
         torch.manual_seed(seed)
         tokenizer_2 = _tokenizer()
         text_encoder_2 = CLIPTextModelWithProjection(_clip_config(tokenizer_2, hidden=64, act="gelu", projection=32))
-        time_dim = 8
-        unet = UNet2DConditionModel(  # type: ignore[no-untyped-call]
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            layers_per_block=2,
-            block_out_channels=(32, 64),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            transformer_layers_per_block=(1, 2),
-            attention_head_dim=(2, 4),
-            use_linear_projection=True,
-            # The refiner attends to OpenCLIP's hidden states alone.
-            cross_attention_dim=64,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=time_dim,
-            # Five numbers (original h, w, crop top, left, aesthetic score), each embedded, plus the pooled text.
-            projection_class_embeddings_input_dim=5 * time_dim + 32,
-        )
+        # Five time ids (original h, w, crop top, left, aesthetic score); it attends to OpenCLIP's states alone.
+        unet = _sdxl_unet(cross_attention_dim=64, time_ids=5)
         vae = _vae(scaling_factor=0.13025)
         scheduler = EulerDiscreteScheduler.from_config(_SDXL_SCHEDULER)  # type: ignore[no-untyped-call]
         pipe: Any = StableDiffusionXLImg2ImgPipeline(  # type: ignore[no-untyped-call]
