@@ -4,7 +4,8 @@ Each variant is an Enfugue request compiled by the production graph builder (`se
 the models resolved by hand as `ModelResolver` would) and run by the production graph engine (`InProcessExecutor`,
 one warm model cache), so the figures are the engine's own cost of the graph shapes: previews off, no HTTP, no queue.
 Variants run in turns (one job of each per round) so load from anything else on the machine falls on all alike.
-Ratios are against txt2img on the same base model, measured in the same run. CPU, tiny random-weight models: the
+Ratios are against txt2img on the same base model (the chunked canvas: against the same canvas diffused whole),
+measured in the same run. CPU, tiny random-weight models: the
 ratios say how much extra work a feature adds (extra denoise steps, decodes, pastes, ControlNet passes), not
 what a GPU would show. Prints JSON and writes loadtests/results/enfugue.json.
 """
@@ -97,13 +98,16 @@ def _variants(models: dict[str, Any], inputs: dict[str, str]) -> dict[str, tuple
                                    GraphExtras()),
         "sd1_upscale_esrgan_x2": ("sd1_txt2img", sd1, {"upscale": [UpscalePass(scale=2, method="esrgan")]},
                                   GraphExtras(upscalers={"esrgan": GraphModel(models["esrgan"])})),
+        # A canvas twice the model's size (64 here): whole, and in 64 px windows sliding by 32 (Enfugue's chunking).
+        "sd1_128x64": ("sd1_128x64", sd1, {"width": 128, "size": 64, "chunking_size": 0}, GraphExtras()),
+        "sd1_128x64_chunked": ("sd1_128x64", sd1, {"width": 128, "size": 64, "chunking_size": 32}, GraphExtras()),
         "sdxl_txt2img": ("sdxl_txt2img", sdxl, {}, GraphExtras()),
         "sdxl_refiner_0.3": ("sdxl_txt2img", sdxl, {"refiner": models["refiner"].name, "refiner_strength": 0.3},
                              GraphExtras(refiner=GraphModel(models["refiner"]))),
     }  # fmt: skip
     variants = {}
     for name, (baseline, main, extra, extras) in requests.items():
-        request = GenerationRequest(**common, **extra)
+        request = GenerationRequest(**(common | extra))
         variants[name] = (baseline, main, generation_graph(request, main, extras=extras))
     return variants
 
