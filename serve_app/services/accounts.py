@@ -32,6 +32,9 @@ TOUCH_INTERVAL = timedelta(minutes=1)
 # Published when every login session is revoked: each Ingress's Socket.IO hub then drops its connections, which
 # were accepted under the old rules (or with a token that no longer exists); clients reconnect and authenticate.
 SESSIONS_REVOKED_EVENT = "serve_app_sessions_revoked"
+# Published when one user's credentials or role change (deleted, promoted or demoted, password changed, an API key
+# revoked): the hubs drop that user's connections, whose identity was checked before the change. Never forwarded.
+USER_CHANGED_EVENT = "serve_app_user_changed"
 INCORRECT_LOGIN = "Incorrect username or password."
 
 
@@ -119,6 +122,8 @@ class AccountService:
             raise _user_not_found(username)
         if result == "last_admin":
             raise InvalidRequest(f"User {username} is the last administrator and cannot be demoted.")
+        if admin is not None or password_hash is not None:
+            await self._user_changed(result.username)
         return result
 
     async def delete_user(self, username: str) -> None:
@@ -127,6 +132,7 @@ class AccountService:
             raise _user_not_found(username)
         if result == "last_admin":
             raise InvalidRequest(f"User {username} is the last administrator and cannot be deleted.")
+        await self._user_changed(username)
 
     async def get_user(self, username: str) -> User:
         user = await self._store.get_user(username)
@@ -230,6 +236,11 @@ class AccountService:
         user = await self.get_user(username)
         if not await self._store.delete_token_by_id(user.id, key_id):
             raise NotFound(f"No API key {key_id}")
+        await self._user_changed(user.username)
+
+    async def _user_changed(self, username: str) -> None:
+        if self._bus is not None:
+            await self._bus.publish(BusMessage(event=USER_CHANGED_EVENT, room=None, data={"username": username}))
 
     async def _issue(
         self, user: User, kind: TokenKind, *, name: str | None, expires_at: datetime | None

@@ -38,7 +38,7 @@ from fastapi import FastAPI
 from serve_app.api.auth import TOKEN_COOKIE
 from serve_app.domain.accounts import Identity
 from serve_app.domain.ports import BusMessage, EventSource, JobChange
-from serve_app.services.accounts import SESSIONS_REVOKED_EVENT
+from serve_app.services.accounts import SESSIONS_REVOKED_EVENT, USER_CHANGED_EVENT
 
 if TYPE_CHECKING:
     from serve_app.api.deps import ApiContext, StatusEvents
@@ -176,6 +176,9 @@ class SocketHub:
         if isinstance(item, BusMessage) and item.event == SESSIONS_REVOKED_EVENT:
             await self._disconnect_all()
             return []
+        if isinstance(item, BusMessage) and item.event == USER_CHANGED_EVENT:
+            await self._disconnect_all(username=str(item.data.get("username", "")))
+            return []
         if isinstance(item, BusMessage):
             return [item]
         if self._status_events is None:
@@ -205,13 +208,15 @@ class SocketHub:
     async def _disconnect(self, sid: str, *_: Any) -> None:
         self._identities.pop(sid, None)
 
-    async def _disconnect_all(self) -> None:
-        """Drop every connection: their identities were checked under rules (or with tokens) that no longer hold."""
-        sids = list(self._identities)
+    async def _disconnect_all(self, *, username: str | None = None) -> None:
+        """Drop every connection (of `username` only, when given): their identities were checked under rules, with
+        tokens or for a role that no longer hold. Clients reconnect and authenticate again."""
+        sids = [sid for sid, who in self._identities.items()
+                if username is None or who.username.lower() == username.lower()]  # fmt: skip
         for sid in sids:
             await self.sio.disconnect(sid)
         if sids:
-            logger.info("socket hub: sessions were revoked; dropped %d connections", len(sids))
+            logger.info("socket hub: credentials changed; dropped %d connections", len(sids))
 
     def _room_handler(self, field: str, *, join: bool) -> Callable[[str, Any], Any]:
         async def handle(sid: str, data: Any = None) -> None:

@@ -166,3 +166,19 @@ async def test_revoking_sessions_drops_every_connection(server: Server, listener
     with pytest.raises(socketio.exceptions.ConnectionError):
         await client.connect(server.url, socketio_path="/ws/socket.io", transports=["websocket"],
                              auth={"token": token}, wait_timeout=WAIT_S)  # fmt: skip
+
+
+async def test_a_users_changed_role_drops_only_that_users_connections(
+    server: Server, listeners: list[Listener], pool: Any
+) -> None:
+    alice = await connect(listeners, server, auth={"token": await server.token("alice")})
+    bob = await connect(listeners, server, auth={"token": await server.token("bob")})
+    dropped = asyncio.Event()
+    alice.client.on("disconnect", lambda *_: dropped.set())
+    changing = AccountService(PgAccountStore(pool), FAST, bus=server.bus)
+    await changing.update_user("alice", admin=True)  # her connection was accepted as a plain user
+    await asyncio.wait_for(dropped.wait(), WAIT_S)
+    # Bob's connection stays: the hub handles bus messages in order, so the sentinel after the change reaches him.
+    await server.bus.publish(SENTINEL_MESSAGE)
+    await bob.until_sentinel()
+    assert bob.client.connected and not alice.client.connected
