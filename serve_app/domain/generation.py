@@ -78,6 +78,12 @@ class UpscalePass(BaseModel):
     # `upscale_diffusion_controlnet`: a ControlNet guiding the re-diffusion, whose control image is the upscaled
     # image itself (through the detector for canny; as it is for tile).
     controlnet: ControlNetName | None = None
+    # `upscale_diffusion_chunking_size` / `_blur` for this pass as sent (None: Enfugue's size // 4) and whether
+    # each grows with the pass number (services/enfugue_chunking.py upscale_stride); 0 turns chunking off.
+    chunking_size: int | None = Field(default=None, ge=0)
+    chunking_blur: int | None = Field(default=None, ge=0)
+    scale_chunking_size: bool = True
+    scale_chunking_blur: bool = True
 
 
 class ControlInput(BaseModel):
@@ -122,10 +128,12 @@ class RegionNode(BaseModel):
     refiner_guidance_scale: float | None = None
     refiner_aesthetic_score: float | None = None
     refiner_negative_aesthetic_score: float | None = None
-    # Enfugue's per-node inpaint options, as GenerationRequest's (parsed, not yet applied to regions).
+    # Enfugue's per-node inpaint options, as GenerationRequest's (services/enfugue_inpaint_options.py). `mask_box`:
+    # the (x, y, w, h) of the stored mask's repaint area in the region's (w, h), found at submit.
     inpaint_feather: int = Field(default=0, ge=0)
     crop_inpaint: bool = False
     scale_to_model_size: bool = False
+    mask_box: tuple[int, int, int, int] | None = None
 
 
 class GenerationRequest(BaseModel):

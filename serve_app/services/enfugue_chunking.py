@@ -15,8 +15,16 @@ but does not change the result.
 
 Every diffusion step of a built graph (a sample's denoise, a canvas region's, a gap fill's, the final outpaint's,
 and the refiner pass that continues one) whose size exceeds `size` in width or height becomes the tiled node; a
-step that fits stays `denoise_latents`. Upscale re-diffusion passes are not chunked (their
-`upscale_diffusion_*chunking*` keys stay accepted and ignored).
+step that fits stays `denoise_latents`.
+
+Upscale re-diffusion passes (services/enfugue_upscale.py) are chunked the same way, with the same window `size`,
+when the pass's image is wider or taller than it, but with their own stride, as Enfugue 0.2 computes it for pass
+j (0-based): `upscale_diffusion_chunking_size` (one value or one per pass; default size // 4), and when
+`upscale_diffusion_scale_chunking_size` (default true) min(value × (j + 1), size // 2), so each pass slides its
+windows further, never by more than half a window (Enfugue caps it there against discontinuities; without
+scaling the value is used as it is). The stride becomes the overlap as above; 0 turns chunking off for that pass.
+`upscale_diffusion_chunking_blur` / `_scale_chunking_blur` grow the same way in Enfugue and, like
+`chunking_blur`, are validated and kept but do not change the result.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from serve_app.domain.errors import InvalidRequest
-from serve_app.domain.generation import GenerationRequest
+from serve_app.domain.generation import GenerationRequest, UpscalePass
 from serve_app.services.enfugue_refiner import DiffusionStep, single_region_steps
 
 TILED_NODE = "tiled_multi_diffusion_denoise_latents"
@@ -59,7 +67,27 @@ def chunking_of(request: GenerationRequest, native_size: int) -> Chunking | None
     (`chunking_size` 0) or the window is a single latent cell."""
     check_chunking(request)
     size = request.size or native_size
-    stride = size // 8 if request.chunking_size is None else request.chunking_size
+    return _layout(size, size // 8 if request.chunking_size is None else request.chunking_size)
+
+
+def upscale_stride(step: UpscalePass, number: int, size: int) -> int:
+    """Enfugue's chunking stride for upscale pass `number` (0-based) in a window of `size` pixels."""
+    stride = size // 4 if step.chunking_size is None else step.chunking_size
+    return min(stride * (number + 1), size // 2) if step.scale_chunking_size else stride
+
+
+def upscale_denoise(step: UpscalePass, number: int, size: int, width: int, height: int) -> tuple[str, dict[str, Any]]:
+    """The node type and tile fields of upscale pass `number`'s denoise of a `width` × `height` image: the tiled
+    node when the image exceeds the window `size` (0: no window) and the pass's stride is not 0, else
+    `denoise_latents`."""
+    chunking = _layout(size, upscale_stride(step, number, size)) if size else None
+    if chunking is None or (width <= size and height <= size):
+        return "denoise_latents", {}
+    return TILED_NODE, chunking.fields()
+
+
+def _layout(size: int, stride: int) -> Chunking | None:
+    """Tiles of `size` sliding by at most `stride` pixels; None when `stride` is 0 or the window a single cell."""
     tile = size // _MULTIPLE * _MULTIPLE
     if stride == 0 or tile <= _MULTIPLE:
         return None

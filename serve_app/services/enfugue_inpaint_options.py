@@ -70,14 +70,39 @@ def crop_box(request: GenerationRequest, size: int) -> Box | None:
     assert width is not None and height is not None
     if not request.crop_inpaint or request.mask is None or request.mask_box is None or request.control is not None:
         return None
-    x, y, w, h = request.mask_box
+    return area_crop(width, height, request.mask_box, request.inpaint_feather, size)
+
+
+def area_crop(width: int, height: int, box: Box, feather: int, size: int) -> Box | None:
+    """The crop of a width × height area (multiples of 8) whose mask repaints `box`: None when the box covers
+    75% of it or more, or when the grown box is the whole area."""
+    x, y, w, h = box
     if w * h >= CROP_COVERAGE * width * height:
         return None
-    left, box_width = _span(x, w, request.inpaint_feather, size, width)
-    top, box_height = _span(y, h, request.inpaint_feather, size, height)
+    left, box_width = _span(x, w, feather, size, width)
+    top, box_height = _span(y, h, feather, size, height)
     if (box_width, box_height) == (width, height):
         return None
     return left, top, box_width, box_height
+
+
+def region_frame(region: RegionNode, width: int, height: int, size: int) -> tuple[Box, tuple[int, int] | None]:
+    """Where a canvas inpaint region diffuses within its image at the diffusion size width × height (its (w, h)
+    rounded up to multiples of 8): (the crop box, or the whole image; the scaled diffusion size or None). A
+    controlled region is neither cropped nor scaled: its ControlNet image covers the whole region."""
+    whole = (0, 0, width, height)
+    if not region.inpaint or region.mask is None or region.control is not None:
+        return whole, None
+    box = None
+    if region.crop_inpaint and region.mask_box is not None:
+        # The mask box was found in the region's (w, h): brought to the diffusion size, rounded outward.
+        x, y, w, h = region.mask_box
+        left, top = x * width // region.w, y * height // region.h
+        right, bottom = -(-(x + w) * width // region.w), -(-(y + h) * height // region.h)
+        box = area_crop(width, height, (left, top, right - left, bottom - top), region.inpaint_feather, size)
+    frame = box or whole
+    scaled = scaled_size(frame[2], frame[3], size) if region.scale_to_model_size else None
+    return frame, scaled
 
 
 def scaled_size(width: int, height: int, size: int) -> tuple[int, int] | None:
@@ -201,7 +226,7 @@ class _Rewire:
 def feathered_region_mask(node: NodeFn, edge: EdgeFn, mask: str, prefix: str, region: RegionNode) -> str:
     """A canvas region's inpaint mask node with the region's `inpaint_feather` (services/enfugue_regions.py uses
     it for the denoise mask and the paste back); `mask` itself when the region does not inpaint or has no feather.
-    The region's `crop_inpaint` and `scale_to_model_size` are not run yet."""
+    Its `crop_inpaint` and `scale_to_model_size` are `region_frame`'s."""
     if not region.inpaint or region.inpaint_feather <= 0:
         return mask
     faded = node(f"{prefix}_mask_feathered", "expand_mask_with_fade", fade_size_px=region.inpaint_feather)

@@ -5,7 +5,8 @@ then is anything stored: a bad node anywhere stores nothing. A node's image is f
 the image's size rounded up to a multiple of 8) with `fit`/`anchor` as the single-step image is
 (services/enfugue_images.py), and stored as `<hex>_node<n>_input.png`: RGBA where it has transparency (the area
 empty after fitting included, filled grey underneath for the VAE), RGB otherwise. Its mask, in the engine's
-convention (white = keep), is stored when it has such gaps or is an `inpaint` node with a `mask`.
+convention (white = keep), is stored when it has such gaps or is an `inpaint` node with a `mask`; its repaint
+area's box (`mask_box`) is found here, where its pixels are at hand, for `crop_inpaint`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from serve_app.services.enfugue_images import (
     engine_mask,
     fit_image,
 )
+from serve_app.services.enfugue_inpaint_options import Box, mask_box
 
 # Each node is one or more diffusion passes per output image: a bound on the work one request asks for.
 MAX_NODES = 16
@@ -39,8 +41,8 @@ _FILL = (127, 127, 127)
 
 class NodeBody(BaseModel):
     """One node as Enfugue's UI sends it. Unknown keys (`type`, `inpaint_controlnet`, ...) are ignored, as in
-    Enfugue. `crop_inpaint` and `scale_to_model_size` are recorded on the region but not run yet; `inpaint_feather`
-    is (services/enfugue_inpaint_options.py)."""
+    Enfugue. `inpaint_feather`, `crop_inpaint` and `scale_to_model_size` run on inpaint regions
+    (services/enfugue_inpaint_options.py)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -137,21 +139,23 @@ async def prepare_nodes(
     regions: list[RegionNode] = []
     keys: list[str] = []
     try:
-        for number, (body, (width, height, image, mask)) in enumerate(zip(bodies, pictures, strict=True)):
+        for number, (body, (width, height, image, mask, box)) in enumerate(zip(bodies, pictures, strict=True)):
             names: dict[str, str | None] = {"image": None, "mask": None}
             for kind, png in (("image", image), ("mask", mask)):
                 if png is not None:
                     name = names[kind] = f"{stem}_node{number}_{'input' if kind == 'image' else 'mask'}.png"
                     keys.append(image_key(name))
                     await store.put(keys[-1], png, "image/png")
-            regions.append(_region(body, width, height, names["image"], names["mask"]))
+            regions.append(_region(body, width, height, names["image"], names["mask"], box))
     except BaseException:
         await store.delete(keys)
         raise
     return PreparedInputs(request.model_copy(update={"nodes": regions}), keys)
 
 
-def _region(body: NodeBody, width: int, height: int, image: str | None, mask: str | None) -> RegionNode:
+def _region(
+    body: NodeBody, width: int, height: int, image: str | None, mask: str | None, box: Box | None
+) -> RegionNode:
     control = None
     if body.control and body.controlnet is not None and image is not None:
         control = ControlInput(controlnet=body.controlnet, image=image, conditioning_scale=body.conditioning_scale,
@@ -180,11 +184,14 @@ def _region(body: NodeBody, width: int, height: int, image: str | None, mask: st
         crop_inpaint=body.crop_inpaint,
         inpaint_feather=body.inpaint_feather,
         scale_to_model_size=body.scale_to_model_size,
+        mask_box=box,
     )
 
 
-def _pictures(body: NodeBody, number: int, limits: InputLimits) -> tuple[int, int, bytes | None, bytes | None]:
-    """(w, h, the fitted image PNG or None, the engine mask PNG or None) of one node."""
+def _pictures(
+    body: NodeBody, number: int, limits: InputLimits
+) -> tuple[int, int, bytes | None, bytes | None, Box | None]:
+    """(w, h, the fitted image PNG or None, the engine mask PNG or None, the mask's repaint box) of one node."""
     where = f"nodes[{number}]"
     image = None if body.image is None else decode_data_url(body.image, f"{where}.image", limits)
     width = body.w or (-(-image.width // 8) * 8 if image is not None else 0)
@@ -193,7 +200,7 @@ def _pictures(body: NodeBody, number: int, limits: InputLimits) -> tuple[int, in
         raise InvalidRequest(f"`{where}`: `w` × `h` must be at most {limits.max_canvas_pixels} pixels",
                              field="nodes")  # fmt: skip
     if image is None:
-        return width, height, None, None
+        return width, height, None, None, None
     user_mask = None
     if body.inpaint and body.mask is not None:
         decoded = decode_data_url(body.mask, f"{where}.mask", limits)
@@ -206,4 +213,5 @@ def _pictures(body: NodeBody, number: int, limits: InputLimits) -> tuple[int, in
     stored.paste(fitted.convert("RGB"), (0, 0), alpha.point(lambda value: 255 if value else 0))
     if alpha.getextrema() != (255, 255):
         stored.putalpha(alpha)
-    return width, height, encode_png(stored, {}), None if keep is None else encode_png(keep, {})
+    mask = None if keep is None else encode_png(keep, {})
+    return width, height, encode_png(stored, {}), mask, None if mask is None else mask_box(mask)

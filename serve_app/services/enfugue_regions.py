@@ -4,7 +4,9 @@ Per output image i (seed + i) a transparent RGBA canvas (`blank_image`) receives
 region with only a prompt is a txt2img at its size (rounded up to multiples of 8); an image without flags is
 pasted as it is (its transparency kept); `infer` is an img2img from the image (an image with gaps has them
 inpainted first, as Enfugue's in-place outpaint); `inpaint` repaints the stored mask (white = keep) and pastes
-the result back onto the image, so only the repainted area changes; `control` feeds the image to a ControlNet
+the result back onto the image, so only the repainted area changes (with the region's `inpaint_feather`, and
+with `crop_inpaint` / `scale_to_model_size` only the mask's box is diffused, scaled up when small, and pasted
+back in place: services/enfugue_inpaint_options.py `region_frame`); `control` feeds the image to a ControlNet
 (txt2img, or with the other flags). The result is resized to (w, h) when rounding changed it and pasted at
 (x, y) with `img_paste(crop=True)`, so a region past the edge is cropped. The global prompt joins the prompts
 of regions with an image only. When the regions leave part of the canvas uncovered and the request has a global
@@ -23,13 +25,13 @@ outpaint: the request's), the region's prompts as the refiner's when the request
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from serve_app.domain.errors import InvalidRequest
 from serve_app.domain.generation import GenerationRequest, RegionNode
 from serve_app.domain.graph.invocations import SEED_MAX
-from serve_app.services.enfugue_inpaint_options import feathered_region_mask
+from serve_app.services.enfugue_inpaint_options import Box, feathered_region_mask, region_frame
 from serve_app.services.enfugue_refiner import DiffusionStep, RefinerSettings
 from serve_app.services.enfugue_upscale import EdgeFn, NodeFn, UpscaleBuilder
 
@@ -141,6 +143,11 @@ class _Shared:
     denoise_mask: str = ""
     control: str = ""
     alpha: str = ""  # the image's opaque area as img_paste reads it (black = paste)
+    # An inpaint's crop_inpaint / scale_to_model_size (`_frame`): the box of image8 it diffuses and pastes back
+    # (default: all of it), the size it diffuses at, and the mask it is pasted back through (default: mask8).
+    box: Box = (0, 0, 0, 0)
+    diffusion: tuple[int, int] = (0, 0)
+    paste_mask: str = ""
 
 
 @dataclass
@@ -157,6 +164,8 @@ class RegionGraph:
     sdxl: bool
     controlnets: Mapping[str, GraphModel] = field(default_factory=dict)
     control_node: ControlFn | None = None
+    # The model's native size, or the request's `size`: what crop_inpaint / scale_to_model_size aim at.
+    size: int = 512
     steps: list[DiffusionStep] = field(default_factory=list)
 
     def build(self, metadata: str, upscale: UpscaleBuilder | None) -> list[DiffusionStep]:
@@ -189,6 +198,7 @@ class RegionGraph:
         node, edge = self.node, self.edge
         prefix = f"region_{number}"
         shared = _Shared(round8(region.w), round8(region.h), prefix)
+        shared.box, shared.diffusion = (0, 0, shared.width, shared.height), (shared.width, shared.height)
         if region.image is not None:
             shared.image = node(f"{prefix}_image", "image", image={"image_name": region.image})
             shared.image8 = self._resized(shared.image, f"{prefix}_image8", region, shared)
@@ -197,6 +207,7 @@ class RegionGraph:
                 shared.mask8 = self._resized(mask, f"{prefix}_mask8", region, shared)
                 # An inpaint's `inpaint_feather` (services/enfugue_inpaint_options.py).
                 shared.mask8 = feathered_region_mask(node, edge, shared.mask8, prefix, region)
+                shared.paste_mask = shared.mask8
             if is_pass_through(region):
                 if region.mask is not None:
                     shared.alpha = node(f"{prefix}_alpha", "tomask", invert=True)
@@ -211,14 +222,16 @@ class RegionGraph:
              join(region.negative_prompt_2, request.negative_prompt_2 if image_prompts else None) or None),
         )  # fmt: skip
         shared.positive, shared.negative = self._prompts(prefix, *shared.texts, shared.width, shared.height)
+        # What the region diffuses: image8 and mask8, or their crop / scaled copies.
+        source, source_mask = self._frame(region, shared) if region.image is not None else ("", "")
         if region.image is not None and (region.infer or region.inpaint):
             shared.latents = node(f"{prefix}_latents", "i2l")
-            edge(shared.image8, "image", shared.latents, "image")
+            edge(source, "image", shared.latents, "image")
             edge(self.decoder, "vae", shared.latents, "vae")
         if shared.mask8:
             shared.denoise_mask = node(f"{prefix}_denoise_mask", "create_denoise_mask")
-            edge(shared.image8, "image", shared.denoise_mask, "image")
-            edge(shared.mask8, "image", shared.denoise_mask, "mask")
+            edge(source, "image", shared.denoise_mask, "image")
+            edge(source_mask, "image", shared.denoise_mask, "mask")
             edge(self.decoder, "vae", shared.denoise_mask, "vae")
         if region.control is not None:
             model = self.controlnets.get(region.control.controlnet)
@@ -241,7 +254,13 @@ class RegionGraph:
             strength = INPAINT_STRENGTH if region.strength is None else region.strength
             decoded = self._diffuse(prefix, region, shared, seed, latents=shared.latents, mask=shared.denoise_mask,
                                     strength=strength)  # fmt: skip
-            result = self._paste(shared.image8, decoded, shared.mask8, 0, 0, node_id=f"{prefix}_pasted", final=False)
+            left, top, box_width, box_height = shared.box
+            if shared.diffusion != (box_width, box_height):
+                unscaled = self.node(f"{prefix}_unscaled", "img_resize", width=box_width, height=box_height)
+                self.edge(decoded, "image", unscaled, "image")
+                decoded = unscaled
+            result = self._paste(shared.image8, decoded, shared.paste_mask, left, top, node_id=f"{prefix}_pasted",
+                                 final=False)  # fmt: skip
         else:
             latents = shared.latents
             if shared.mask8:
@@ -265,7 +284,7 @@ class RegionGraph:
                  strength: float) -> str:  # fmt: skip
         """noise → denoise (from `latents` at 1 - strength, within `mask`) → decoded image at the diffusion size."""
         node, edge, request = self.node, self.edge, self.request
-        noise = node(f"{prefix}_noise", "noise", seed=seed, width=shared.width, height=shared.height)
+        noise = node(f"{prefix}_noise", "noise", seed=seed, width=shared.diffusion[0], height=shared.diffusion[1])
         steps = request.steps if region.steps is None else region.steps
         cfg = request.guidance_scale if region.guidance_scale is None else region.guidance_scale
         denoise = node(f"{prefix}_denoise", "denoise_latents", steps=steps, cfg_scale=cfg, scheduler=self.scheduler,
@@ -283,8 +302,12 @@ class RegionGraph:
         decoded = node(f"{prefix}_decoded", "l2i")
         edge(denoise, "latents", decoded, "latents")
         edge(self.decoder, "vae", decoded, "vae")
-        self.steps.append(DiffusionStep(denoise, bool(mask), f"{shared.prefix}_refiner", *shared.texts, shared.width,
-                                        shared.height, RefinerSettings.of(request, region)))  # fmt: skip
+        refiner = RefinerSettings.of(request, region)
+        if shared.box[2:] != (shared.width, shared.height):
+            # Enfugue does not refine a cropped inpaint (as the single-step path, enfugue_inpaint_options.py).
+            refiner = replace(refiner, strength=0.0)
+        self.steps.append(DiffusionStep(denoise, bool(mask), f"{shared.prefix}_refiner", *shared.texts,
+                                        *shared.diffusion, refiner))  # fmt: skip
         return decoded
 
     # -- the canvas ---------------------------------------------------------------------------------------------
@@ -341,6 +364,32 @@ class RegionGraph:
                  height: int) -> tuple[str, str]:  # fmt: skip
         return prompt_nodes(self.node, self.edge, self.sources, self.sdxl, (f"{prefix}_positive", f"{prefix}_negative"),
                             positive, negative, width, height)  # fmt: skip
+
+    def _frame(self, region: RegionNode, shared: _Shared) -> tuple[str, str]:
+        """An inpaint region's crop_inpaint and scale_to_model_size (services/enfugue_inpaint_options.py): sets
+        `shared.box`, `.diffusion` and `.paste_mask`; returns the (image, mask) nodes to diffuse from, image8 and
+        mask8 themselves when neither option applies."""
+        node, edge = self.node, self.edge
+        image, mask = shared.image8, shared.mask8
+        box, scaled = region_frame(region, shared.width, shared.height, self.request.size or self.size)
+        shared.box = box
+        if box != (0, 0, shared.width, shared.height):
+            crop = {"x": box[0], "y": box[1], "width": box[2], "height": box[3]}
+            image = node(f"{shared.prefix}_image_crop", "img_crop", **crop)
+            edge(shared.image8, "image", image, "image")
+            mask = shared.paste_mask = node(f"{shared.prefix}_mask_crop", "img_crop", **crop)
+            edge(shared.mask8, "image", mask, "image")
+        shared.diffusion = scaled or (box[2], box[3])
+        if scaled is not None:
+            # The paste back keeps the unscaled mask; the diffusion sees both scaled.
+            image, mask = (self._scaled(source, f"{shared.prefix}_{name}_scaled", scaled)
+                           for source, name in ((image, "image"), (mask, "mask")))  # fmt: skip
+        return image, mask
+
+    def _scaled(self, image: str, node_id: str, size: tuple[int, int]) -> str:
+        resized = self.node(node_id, "img_resize", width=size[0], height=size[1])
+        self.edge(image, "image", resized, "image")
+        return resized
 
     def _resized(self, image: str, node_id: str, region: RegionNode, shared: _Shared) -> str:
         """`image` at the diffusion size (itself when (w, h) are multiples of 8 already)."""

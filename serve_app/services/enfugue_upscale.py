@@ -4,9 +4,12 @@ Each pass resizes the previous image to `scale` × the generated size: `img_resi
 `esrgan`/`esrganime` `spandrel_image_to_image_autoscale` with the installed model resolved at submit
 (services/enfugue_esrgan.py), which runs the model as often as needed and then resizes to exactly that size; with
 `upscale_diffusion` it then re-diffuses the result (i2l → denoise from `1 - strength` → l2i), as Enfugue's
-"Re-diffusing Upscaled Sample". Enfugue diffuses large images in chunks; the engine diffuses the whole image at
-once, so the `upscale_diffusion_*chunking*` keys are accepted and ignored, as is `upscale_pipeline` (no refiner
-runs here). `upscale_diffusion_controlnet` guides a pass's re-diffusion with a ControlNet whose control image is
+"Re-diffusing Upscaled Sample". A pass whose image is wider or taller than the diffusion window (the request's
+`size`, else the model's native size) diffuses in overlapping windows, as Enfugue's chunked diffusion, with the
+pass's stride from `upscale_diffusion_chunking_size` / `upscale_diffusion_scale_chunking_size`
+(services/enfugue_chunking.py documents how it grows per pass; 0 diffuses the whole image at once); the
+`_chunking_blur` keys are validated and kept but change nothing. `upscale_pipeline` is accepted and ignored (no
+refiner runs here). `upscale_diffusion_controlnet` guides a pass's re-diffusion with a ControlNet whose control image is
 the upscaled image: canny (through the detector) and tile (as it is) run; the other names Enfugue handles need
 detectors this server lacks (400); the rest Enfugue ignores with a logged error, and so does this server.
 """
@@ -18,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
 from serve_app.domain.errors import InvalidRequest
 from serve_app.domain.generation import (
@@ -30,6 +33,7 @@ from serve_app.domain.generation import (
     UpscalePass,
 )
 from serve_app.domain.graph.invocations import SEED_MAX
+from serve_app.services.enfugue_chunking import upscale_denoise
 
 T = TypeVar("T")
 
@@ -98,6 +102,14 @@ def check_upscale_controlnet(value: Any) -> str | None:
     return value
 
 
+def check_upscale_chunking(value: int | None, name: str) -> int | None:
+    """One pass's `upscale_diffusion_chunking_<name>`: None (Enfugue's default) or 0 and more."""
+    if value is not None and value < 0:
+        raise InvalidRequest(f"`upscale_diffusion_chunking_{name}` must be 0 or more, got {value}",
+                             field=f"upscale_diffusion_chunking_{name}")  # fmt: skip
+    return value
+
+
 @dataclass(frozen=True)
 class UpscaleSettings:
     """Enfugue's upscale keys as sent: each `Any` is one value or a list with one value per pass."""
@@ -114,6 +126,10 @@ class UpscaleSettings:
     negative_prompt: Any = None
     negative_prompt_2: Any = None
     controlnet: Any = None
+    chunking_size: Any = None
+    chunking_blur: Any = None
+    scale_chunking_size: bool = True
+    scale_chunking_blur: bool = True
 
     def passes(self) -> list[UpscalePass]:
         """The passes to run (none unless both `upscale` and an `outscale` above 1 are given, as in Enfugue);
@@ -137,6 +153,10 @@ class UpscaleSettings:
                     "negative_prompt": per_pass(self.negative_prompt, index, ""),
                     "negative_prompt_2": per_pass(self.negative_prompt_2, index, None),
                     "controlnet": check_upscale_controlnet(per_pass(self.controlnet, index, None)),
+                    "chunking_size": check_upscale_chunking(per_pass(self.chunking_size, index, None), "size"),
+                    "chunking_blur": check_upscale_chunking(per_pass(self.chunking_blur, index, None), "blur"),
+                    "scale_chunking_size": self.scale_chunking_size,
+                    "scale_chunking_blur": self.scale_chunking_blur,
                 }
             result.append(UpscalePass.model_validate(values))
         return result
@@ -160,6 +180,10 @@ class UpscaleKeys(BaseModel):
     upscale_diffusion_negative_prompt: str | list[str] | None = None
     upscale_diffusion_negative_prompt_2: str | list[str] | None = None
     upscale_diffusion_controlnet: str | list[str] | None = None
+    upscale_diffusion_chunking_size: NonNegativeInt | list[NonNegativeInt] | None = None
+    upscale_diffusion_chunking_blur: NonNegativeInt | list[NonNegativeInt] | None = None
+    upscale_diffusion_scale_chunking_size: bool = True
+    upscale_diffusion_scale_chunking_blur: bool = True
 
     def upscale_settings(self) -> UpscaleSettings:
         return UpscaleSettings(
@@ -175,6 +199,10 @@ class UpscaleKeys(BaseModel):
             negative_prompt=self.upscale_diffusion_negative_prompt,
             negative_prompt_2=self.upscale_diffusion_negative_prompt_2,
             controlnet=self.upscale_diffusion_controlnet,
+            chunking_size=self.upscale_diffusion_chunking_size,
+            chunking_blur=self.upscale_diffusion_chunking_blur,
+            scale_chunking_size=self.upscale_diffusion_scale_chunking_size,
+            scale_chunking_blur=self.upscale_diffusion_scale_chunking_blur,
         )
 
 
@@ -203,6 +231,9 @@ class UpscaleBuilder:
     # this one).
     controlnets: Mapping[str, Any] = field(default_factory=dict)
     control_node: Callable[..., str] | None = None
+    # The diffusion window in pixels (the request's `size`, else the model's native size): a pass's image larger
+    # than it re-diffuses in chunks (services/enfugue_chunking.py); 0 never chunks.
+    window: int = 0
     _prompts: set[int] = field(default_factory=set)
 
     def add(self, decoded: str, *, index: int, seed: int, output: str, metadata: str) -> str:
@@ -248,9 +279,10 @@ class UpscaleBuilder:
         noise = self.node(f"upscale_noise_{index}_{number}", "noise", seed=seed % (SEED_MAX + 1), width=width,
                           height=height)  # fmt: skip
         # Named apart from `denoise_<i>`, whose previews are the sample's intermediates.
-        denoise = self.node(f"upscale_denoise_{index}_{number}", "denoise_latents", steps=step.steps,
+        kind, tiles = upscale_denoise(step, number, self.window, width, height)
+        denoise = self.node(f"upscale_denoise_{index}_{number}", kind, steps=step.steps,
                             cfg_scale=step.guidance_scale, scheduler=self.scheduler,
-                            denoising_start=1.0 - step.strength)  # fmt: skip
+                            denoising_start=1.0 - step.strength, **tiles)  # fmt: skip
         self.edge(self.sources["unet"], "unet", denoise, "unet")
         self.edge(positive, "conditioning", denoise, "positive_conditioning")
         self.edge(negative, "conditioning", denoise, "negative_conditioning")

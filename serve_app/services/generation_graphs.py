@@ -153,11 +153,13 @@ def generation_graph(
         upscale = UpscaleBuilder(node, edge, request.upscale, request.width, request.height, scheduler, sources,
                                  decoder, sdxl, upscalers={method: model.identifier() for method, model
                                                            in extras.upscalers.items()},
-                                 controlnets=extras.controlnets, control_node=image_control_node)  # fmt: skip
+                                 controlnets=extras.controlnets, control_node=image_control_node,
+                                 window=request.size or main.spec.native_size)  # fmt: skip
     if request.nodes:
         # Enfugue's canvas regions (services/enfugue_regions.py), each with its own prompts.
-        steps = RegionGraph(node, edge, request, scheduler, sources, decoder, sdxl, extras.controlnets,
-                            control_node=control_node).build(metadata, upscale)  # fmt: skip
+        regions = RegionGraph(node, edge, request, scheduler, sources, decoder, sdxl, extras.controlnets,
+                              control_node=control_node, size=main.spec.native_size)  # fmt: skip
+        steps = regions.build(metadata, upscale)
         # Each region's (and the final outpaint's) diffusion gets the inpainter and refiner as a single step does.
         add_refiner_and_inpainter(nodes, edges, request, extras, steps)
         # Steps larger than the model's window diffuse in overlapping tiles (services/enfugue_chunking.py).

@@ -120,6 +120,48 @@ async def test_a_region_inpaint_is_feathered_too(client):
     assert np.abs(soft[:, 24:31] - source[:, 24:31]).mean() > 5
 
 
+async def test_a_cropped_region_inpaint_changes_nothing_outside_the_crop(client):
+    source = pixels(gradient())
+    node = {"image": data_url(gradient()), "mask": data_url(square_mask(40, 36, 8)), "inpaint": True,
+            "inpaint_feather": 4, "scale_to_model_size": False}  # fmt: skip
+    [cropped] = await run(client, **{**OFF, "size": 16, "nodes": [{**node, "crop_inpaint": True}]})
+    [whole] = await run(client, **{**OFF, "size": 16, "nodes": [{**node, "crop_inpaint": False}]})
+    # The crop: the mask's box (40, 36, 8, 8), found at submit, grown by the feather to (36, 32, 16, 16).
+    outside = np.ones((64, 64), dtype=bool)
+    outside[32:48, 36:52] = False
+    assert np.array_equal(cropped[outside], source[outside])
+    assert np.abs(cropped[36:44, 40:48] - source[36:44, 40:48]).mean() > 5
+    assert np.abs(cropped[36:44, 40:48] - whole[36:44, 40:48]).mean() > 5
+
+
+async def test_a_small_region_inpaint_is_diffused_scaled_and_keeps_its_unmasked_pixels(client):
+    source = pixels(gradient(32, 32))
+    mask = square_mask(0, 0, 32).crop((0, 0, 32, 32))
+    mask.paste(0, (0, 0, 16, 32))  # repaint the right half only
+    node = {"image": data_url(gradient(32, 32)), "mask": data_url(mask), "inpaint": True, "crop_inpaint": False,
+            "inpaint_feather": 0}  # fmt: skip
+    params = {**OFF, "width": 32, "height": 32}
+    [scaled] = await run(client, **{**params, "nodes": [{**node, "scale_to_model_size": True}]})
+    [plain] = await run(client, **{**params, "nodes": [{**node, "scale_to_model_size": False}]})
+    assert scaled.shape == plain.shape == (32, 32, 3)
+    # Diffused at 64 × 64 and pasted back at 32 × 32 through the unscaled mask: the kept half is the input's.
+    assert np.array_equal(scaled[:, :16], source[:, :16])
+    assert np.abs(scaled[:, 16:] - plain[:, 16:]).mean() > 2
+    assert np.abs(scaled[:, 16:] - source[:, 16:]).mean() > 5
+
+
+async def test_region_graphs_crop_and_scale_from_the_stored_mask(idle_client, repo):
+    node = {"image": data_url(gradient()), "mask": data_url(square_mask(40, 36, 8)), "inpaint": True,
+            "inpaint_feather": 0}  # fmt: skip
+    graph = await stored_graph(idle_client, repo, **{**OFF, "size": 32, "nodes": [node]})
+    nodes = graph["nodes"]
+    crop = nodes["region_0_image_crop"]
+    assert (crop["x"], crop["y"], crop["width"], crop["height"]) == (28, 24, 32, 32)
+    assert (nodes["region_0_0_noise"]["width"], nodes["region_0_0_noise"]["height"]) == (32, 32)
+    assert (nodes["region_0_0_pasted"]["x"], nodes["region_0_0_pasted"]["y"]) == (28, 24)
+    assert "region_0_image_scaled" not in nodes
+
+
 @pytest.mark.parametrize(
     ("params", "detail"),
     [

@@ -119,7 +119,7 @@ async def test_an_infer_region_over_the_canvas_is_the_single_step_img2img(client
 
 async def test_an_inpaint_region_repaints_only_its_mask(client):
     node = {"image": data_url(gradient()), "mask": data_url(right_half_mask()), "inpaint": True, "x": 0, "y": 0,
-            "inpaint_feather": 0}  # fmt: skip
+            "inpaint_feather": 0, "scale_to_model_size": False}  # fmt: skip
     [first] = await run(client, prompt="a lighthouse", nodes=[node])
     [second] = await run(client, prompt="a lighthouse", nodes=[node], seed=6)
     source = np.asarray(gradient(), dtype=np.int16)
@@ -159,7 +159,8 @@ async def test_region_results_are_upscaled_and_carry_redacted_nodes(client):
 
 
 async def test_deleting_the_invocation_deletes_the_node_inputs(client, storage):
-    node = {"image": data_url(gradient()), "mask": data_url(right_half_mask()), "inpaint": True}
+    node = {"image": data_url(gradient()), "mask": data_url(right_half_mask()), "inpaint": True,
+            "scale_to_model_size": False}  # fmt: skip
     uid = await submit(client, nodes=[node])
     await wait_for(client, uid, finished)
     assert sum(path.name.endswith(("_input.png", "_mask.png")) for path in files_under(storage)) == 2

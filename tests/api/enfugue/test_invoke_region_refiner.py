@@ -94,7 +94,8 @@ async def test_the_final_outpaint_is_refined(stack: httpx.AsyncClient) -> None:
 
 
 async def test_an_inpaint_region_runs_on_the_inpainter(stack: httpx.AsyncClient, runtime: Any, pool: Any) -> None:
-    node = {"image": data_url(gradient()), "mask": data_url(right_half_mask()), "inpaint": True, "inpaint_feather": 0}
+    node = {"image": data_url(gradient()), "mask": data_url(right_half_mask()), "inpaint": True, "inpaint_feather": 0,
+            "scale_to_model_size": False}  # fmt: skip
     plain_uid, plain = await run(stack, **SD1, prompt="a lighthouse", nodes=[node])
     uid, inpainted = await run(stack, **SD1, prompt="a lighthouse", nodes=[node], inpainter="tiny-inpaint")
 
@@ -110,7 +111,8 @@ async def test_an_inpaint_region_runs_on_the_inpainter(stack: httpx.AsyncClient,
 
 
 async def test_a_refined_inpaint_region_keeps_its_unmasked_pixels(stack: httpx.AsyncClient) -> None:
-    node = {"image": data_url(gradient()), "mask": data_url(right_half_mask()), "inpaint": True, "inpaint_feather": 0}
+    node = {"image": data_url(gradient()), "mask": data_url(right_half_mask()), "inpaint": True, "inpaint_feather": 0,
+            "scale_to_model_size": False}  # fmt: skip
     _, plain = await run(stack, **XL, prompt="a lighthouse", nodes=[node])
     _, refined = await run(stack, **XL, prompt="a lighthouse", nodes=[node], refiner="tiny-refiner")
     source = np.asarray(gradient(), dtype=np.int16)
