@@ -1,13 +1,18 @@
-"""What the node implementations share: required-input narrowing, model lookups by handle, stored tensors."""
+"""What the node implementations share: required-input narrowing, model lookups by handle, stored tensors and
+images."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from PIL import Image
+
 from serve_app.domain.errors import InvalidRequest
-from serve_app.domain.graph.base import BaseInvocation, BaseInvocationOutput
+from serve_app.domain.graph.base import BaseInvocation, BaseInvocationOutput, WithBoard, WithMetadata
 from serve_app.domain.graph.fields import LoRAField, ModelIdentifierField, VAEField
+from serve_app.domain.graph.outputs import ImageOutput
+from serve_app.domain.images import ImageCategory
 from serve_app.domain.models import ModelSpec, ModelType
 from serve_app.inference.graph_context import NodeContext
 from serve_app.inference.nodes import LoRAWeight
@@ -53,3 +58,18 @@ def load_vae(context: NodeContext, field: VAEField) -> Any:
     if spec.type not in (ModelType.MAIN, ModelType.VAE):
         raise InvalidRequest(f"Model {spec.name} ({field.vae.key}) is a {spec.type} model, not a VAE")
     return context.components.vae(spec)
+
+
+def image_output(
+    context: NodeContext, node: BaseInvocation, image: Image.Image, category: ImageCategory = ImageCategory.GENERAL
+) -> ImageOutput:
+    """Store an image node's result with the node's metadata, on its board, intermediate or not, as InvokeAI does."""
+    assert isinstance(node, WithMetadata) and isinstance(node, WithBoard), f"{node.type} does not output images"
+    stored = context.save_image(
+        image,
+        metadata=node.metadata,
+        board_id=node.board.board_id if node.board else None,
+        is_intermediate=node.is_intermediate,
+        category=category,
+    )
+    return ImageOutput(image=stored, width=image.width, height=image.height)

@@ -4,9 +4,6 @@ ControlNet inputs (models loaded through the cache, images fitted to the output 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
-from PIL import Image
 
 from serve_app.domain.errors import InvalidRequest
 from serve_app.domain.graph.control_nodes import (
@@ -19,7 +16,7 @@ from serve_app.domain.graph.fields import ControlField
 from serve_app.domain.graph.outputs import ControlOutput, ImageOutput
 from serve_app.domain.models import ModelFamily, ModelSpec, ModelType
 from serve_app.inference.graph_context import NodeContext
-from serve_app.inference.invocations._common import model_of, required
+from serve_app.inference.invocations._common import image_output, model_of, required
 from serve_app.inference.nodes.control import (
     ControlNetInput,
     canny_at_resolution,
@@ -49,19 +46,9 @@ def controlnet(node: ControlNetInvocation, context: NodeContext) -> ControlOutpu
     return ControlOutput(control=field)
 
 
-def _store(context: NodeContext, node: Any, image: Image.Image) -> ImageOutput:
-    stored = context.save_image(
-        image,
-        metadata=node.metadata,
-        board_id=node.board.board_id if node.board else None,
-        is_intermediate=node.is_intermediate,
-    )
-    return ImageOutput(image=stored, width=image.width, height=image.height)
-
-
 def canny_edge_detection(node: CannyEdgeDetectionInvocation, context: NodeContext) -> ImageOutput:
     image = context.load_image(required(node, "image", node.image))
-    return _store(context, node, canny_edges(image, node.low_threshold, node.high_threshold))
+    return image_output(context, node, canny_edges(image, node.low_threshold, node.high_threshold))
 
 
 def canny_image_processor(node: CannyImageProcessorInvocation, context: NodeContext) -> ImageOutput:
@@ -69,12 +56,12 @@ def canny_image_processor(node: CannyImageProcessorInvocation, context: NodeCont
     edges = canny_at_resolution(
         image, node.low_threshold, node.high_threshold, node.detect_resolution, node.image_resolution
     )
-    return _store(context, node, edges)
+    return image_output(context, node, edges)
 
 
 def img_lerp(node: ImageLerpInvocation, context: NodeContext) -> ImageOutput:
     image = context.load_image(required(node, "image", node.image))
-    return _store(context, node, lerp_image(image, node.min, node.max))
+    return image_output(context, node, lerp_image(image, node.min, node.max))
 
 
 def control_inputs(

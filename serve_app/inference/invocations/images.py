@@ -5,32 +5,20 @@ from __future__ import annotations
 from serve_app.domain.graph.image_nodes import ImageInvocation, ResizeImageInvocation, SaveImageInvocation
 from serve_app.domain.graph.outputs import ImageOutput
 from serve_app.inference.graph_context import NodeContext
-from serve_app.inference.invocations._common import required
+from serve_app.inference.invocations._common import image_output, required
 from serve_app.inference.nodes import resize
 
 
 def img_resize(node: ResizeImageInvocation, context: NodeContext) -> ImageOutput:
     image = context.load_image(required(node, "image", node.image))
     resized = resize(image, node.width, node.height, node.resample_mode)
-    stored = context.save_image(
-        resized,
-        metadata=node.metadata,
-        board_id=node.board.board_id if node.board else None,
-        is_intermediate=node.is_intermediate,
-    )
-    return ImageOutput(image=stored, width=resized.width, height=resized.height)
+    return image_output(context, node, resized)
 
 
 def save_image(node: SaveImageInvocation, context: NodeContext) -> ImageOutput:
     """A copy of the image as a new gallery image, with this node's metadata and board."""
     image = context.load_image(required(node, "image", node.image))
-    stored = context.save_image(
-        image,
-        metadata=node.metadata,
-        board_id=node.board.board_id if node.board else None,
-        is_intermediate=node.is_intermediate,
-    )
-    return ImageOutput(image=stored, width=image.width, height=image.height)
+    return image_output(context, node, image)
 
 
 def image(node: ImageInvocation, context: NodeContext) -> ImageOutput:

@@ -32,7 +32,7 @@ from serve_app.domain.graph.tiled_nodes import TiledMultiDiffusionDenoiseLatents
 from serve_app.domain.images import ImageCategory
 from serve_app.domain.models import ModelFamily, ModelType
 from serve_app.inference.graph_context import NodeContext
-from serve_app.inference.invocations._common import TENSOR, load_vae, lora_weights, model_of, required
+from serve_app.inference.invocations._common import TENSOR, image_output, load_vae, lora_weights, model_of, required
 from serve_app.inference.invocations.control import control_inputs
 from serve_app.inference.nodes import (
     Conditioning,
@@ -185,13 +185,7 @@ def l2i(node: LatentsToImageInvocation, context: NodeContext) -> ImageOutput:
     latents = context.get(required(node, "latents", node.latents).latents_name)
     vae = load_vae(context, required(node, "vae", node.vae))
     image = decode(vae, latents, fp32=node.fp32)
-    stored = context.save_image(
-        image,
-        metadata=node.metadata,
-        board_id=node.board.board_id if node.board else None,
-        is_intermediate=node.is_intermediate,
-    )
-    return ImageOutput(image=stored, width=image.width, height=image.height)
+    return image_output(context, node, image)
 
 
 def i2l(node: ImageToLatentsInvocation, context: NodeContext) -> LatentsOutput:

@@ -10,7 +10,7 @@ from serve_app.domain.graph.outputs import ImageOutput
 from serve_app.domain.graph.upscale_nodes import SpandrelImageToImageAutoscaleInvocation, SpandrelImageToImageInvocation
 from serve_app.domain.models import ModelType
 from serve_app.inference.graph_context import NodeContext
-from serve_app.inference.invocations._common import model_of, required
+from serve_app.inference.invocations._common import image_output, model_of, required
 from serve_app.inference.upscaling import SpandrelModel, load_spandrel, upscale
 
 logger = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ Node = SpandrelImageToImageInvocation | SpandrelImageToImageAutoscaleInvocation
 
 def spandrel_image_to_image(node: SpandrelImageToImageInvocation, context: NodeContext) -> ImageOutput:
     image, model = _inputs(node, context)
-    return _save(node, context, _run(image, model, node, context))
+    return image_output(context, node, _run(image, model, node, context))
 
 
 def spandrel_image_to_image_autoscale(
@@ -46,7 +46,7 @@ def spandrel_image_to_image_autoscale(
         target = target[0] // 8 * 8, target[1] // 8 * 8
     if result.size != target:
         result = result.resize(target, resample=Image.Resampling.LANCZOS)
-    return _save(node, context, result)
+    return image_output(context, node, result)
 
 
 def _inputs(node: Node, context: NodeContext) -> tuple[Image.Image, SpandrelModel]:
@@ -60,13 +60,3 @@ def _run(image: Image.Image, model: SpandrelModel, node: Node, context: NodeCont
     # Each tile reports progress, which is also where a canceled item stops.
     return upscale(image, model, node.tile_size,
                    lambda done, total: context.progress(done, total, message="Processing tiles"))  # fmt: skip
-
-
-def _save(node: Node, context: NodeContext, image: Image.Image) -> ImageOutput:
-    stored = context.save_image(
-        image,
-        metadata=node.metadata,
-        board_id=node.board.board_id if node.board else None,
-        is_intermediate=node.is_intermediate,
-    )
-    return ImageOutput(image=stored, width=image.width, height=image.height)
